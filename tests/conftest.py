@@ -1,4 +1,4 @@
-"""Test-wide setup: the Triton interpreter on CPU, and the hypothesis profile."""
+"""Test-wide setup: the Triton interpreter on CPU, the hypothesis profile, shared fixtures."""
 import os
 
 import torch
@@ -7,9 +7,22 @@ if not torch.cuda.is_available():
     # Must happen before any kernel module imports triton.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Fill every torch.empty / empty_like with NaN, so any element a kernel never writes shows."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: nan(real_empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: nan(real_empty_like(*a, **kw)))

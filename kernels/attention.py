@@ -1,0 +1,460 @@
+"""Flash attention (FlashAttention-2 style) in Triton, forward and backward, plus a plain PyTorch path.
+
+Owns `attention_triton` (the kernels behind one autograd.Function) and `attention_torch` (the
+reference path with the same semantics). Dispatch between them lives in kernels/__init__.py.
+
+Shapes: q (B, Hq, Tq, D), k and v (B, Hkv, Tk, D) with Hkv dividing Hq (grouped-query attention:
+q head h reads kv head h // (Hq / Hkv); K and V are never repeated in memory) and Tq <= Tk.
+Causal alignment is bottom-right: query i may see key j iff j <= i + (Tk - Tq), so a KV-cache
+decode step (Tq new queries after Tk - Tq cached keys) sees the whole cache.
+
+Forward, per query row i, with s_ij = scale * q_i . k_j over the visible keys j:
+    o_i = sum_j softmax(s_i)_j v_j,   lse_i = log sum_j exp(s_ij)
+computed block by block with the online softmax in base 2: the scores are multiplied by
+scale * log2(e) once, so every exponential is an exp2, and the running max m and sum l rescale the
+accumulator by exp2(m_old - m_new) whenever the max grows. The base-2 log-sum-exp m + log2(l) is
+saved for the backward. Key blocks entirely below the causal diagonal run without any mask; only
+the blocks that straddle the diagonal or the sequence end apply one (a second loop stage).
+
+Backward, with p_ij = exp2(s_ij * log2(e) - lse2_i) recomputed from the saved LSE:
+    delta_i = sum_d dO_id O_id                      (preprocess kernel)
+    dV_j    = sum_i p_ij dO_i
+    dS_ij   = p_ij (dO_i . v_j - delta_i)
+    dK_j    = scale * sum_i dS_ij q_i               (one program per key block, loops over query
+                                                     blocks and over the q heads of its kv group)
+    dQ_i    = scale * sum_j dS_ij k_j               (one program per query block, loops over keys)
+Every output element is written by exactly one program in a fixed order: no atomics, so the
+backward is deterministic.
+"""
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, lo, hi, Tk,
+               causal_shift, qk_scale,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+               HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            in_range = offs_n[:, None] < Tk
+            k = tl.load(k_ptrs, mask=in_range, other=0.0)
+            v = tl.load(v_ptrs, mask=in_range, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if MASKED:
+            keep = offs_n[None, :] < Tk
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + causal_shift)
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE,
+              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+              Hq, GROUP, Tq, Tk, qk_scale, TQ_BUCKET, TK_BUCKET,
+              CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    if CAUSAL:
+        # Longest query blocks first: they have the most keys, so the tail of the grid is short.
+        start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    else:
+        start_m = tl.program_id(0) * BLOCK_M
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    row_base = (off_b * Hq + off_h) * Tq
+    off_kvh = off_h // GROUP
+    k_base = K + off_b * stride_kb + off_kvh * stride_kh
+    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    causal_shift = Tk - Tq
+    if CAUSAL:
+        # Keys below diag_lo are visible to every row of this block; keys from diag_hi on to none.
+        diag_lo = ((start_m + causal_shift) // BLOCK_N) * BLOCK_N
+        diag_hi = tl.minimum(start_m + BLOCK_M + causal_shift, Tk)
+    else:
+        diag_lo = (Tk // BLOCK_N) * BLOCK_N
+        diag_hi = Tk
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m,
+                               0, diag_lo, Tk, causal_shift, qk_scale, False, CAUSAL, BLOCK_N,
+                               HEAD_DIM, PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m,
+                               diag_lo, diag_hi, Tk, causal_shift, qk_scale, True, CAUSAL,
+                               BLOCK_N, HEAD_DIM, PRECISION)
+
+    o = acc / l_i[:, None]
+    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om
+             + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + row_base + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, stride_doh,
+                    stride_dom, Hq, Tq, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    row_base = (off_b * Hq + off_h) * Tq
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + row_base + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                    offs_n, lo, hi, Tq, causal_shift, qk_scale,
+                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < Tq
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :],
+                     mask=row_ok[:, None], other=0.0)
+        # Rows past Tq load q = dO = 0, lse = delta = 0: their p is 1 and their dS is 0, so they
+        # add nothing to dK or dV.
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+                           - lse[None, :])
+        if MASKED:
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + causal_shift, p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                   stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                   Hq, GROUP, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
+                   CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    off_kvh = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = offs_n[:, None] < Tk
+    k = tl.load(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :], mask=key_ok, other=0.0)
+    v = tl.load(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :], mask=key_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    causal_shift = Tk - Tq
+    if CAUSAL:
+        # Queries before q_lo see no key of this block; from q_full on they see all of it.
+        q_lo = tl.maximum(start_n - causal_shift, 0)
+        q_full = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_shift, q_lo), Tq)
+        q_mid = q_lo + tl.cdiv(q_full - q_lo, BLOCK_M) * BLOCK_M
+    else:
+        q_lo = 0
+        q_mid = 0
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        q_base = Q + off_b * stride_qb + off_h * stride_qh
+        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        row_base = (off_b * Hq + off_h) * Tq
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base,
+                                 stride_qm, stride_dom, offs_n, q_lo, q_mid, Tq, causal_shift,
+                                 qk_scale, CAUSAL, BLOCK_M, HEAD_DIM, PRECISION)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base,
+                                 stride_qm, stride_dom, offs_n, q_mid, Tq, Tq, causal_shift,
+                                 qk_scale, False, BLOCK_M, HEAD_DIM, PRECISION)
+    dk = dk * scale
+    tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=key_ok)
+    tl.store(DV + off_b * stride_dvb + off_kvh * stride_dvh + offs_n[:, None] * stride_dvn
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=key_ok)
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, lo, hi,
+                  Tk, causal_shift, qk_scale,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            in_range = offs_n[:, None] < Tk
+            k = tl.load(k_ptrs, mask=in_range, other=0.0)
+            v = tl.load(v_ptrs, mask=in_range, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                         - lse[:, None])
+        if MASKED:
+            keep = offs_n[None, :] < Tk
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + causal_shift)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                 stride_dqb, stride_dqh, stride_dqm,
+                 Hq, GROUP, Tq, Tk, qk_scale, scale, TQ_BUCKET, TK_BUCKET,
+                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    if CAUSAL:
+        start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    else:
+        start_m = tl.program_id(0) * BLOCK_M
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    row_base = (off_b * Hq + off_h) * Tq
+    off_kvh = off_h // GROUP
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    k_base = K + off_b * stride_kb + off_kvh * stride_kh
+    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+
+    causal_shift = Tk - Tq
+    if CAUSAL:
+        diag_lo = ((start_m + causal_shift) // BLOCK_N) * BLOCK_N
+        diag_hi = tl.minimum(start_m + BLOCK_M + causal_shift, Tk)
+    else:
+        diag_lo = (Tk // BLOCK_N) * BLOCK_N
+        diag_hi = Tk
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, 0,
+                       diag_lo, Tk, causal_shift, qk_scale, False, CAUSAL, BLOCK_N, HEAD_DIM,
+                       PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m,
+                       diag_lo, diag_hi, Tk, causal_shift, qk_scale, True, CAUSAL, BLOCK_N,
+                       HEAD_DIM, PRECISION)
+    dq = dq * scale
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqm
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _gpu_configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in pairs]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Candidates were compiled for sm_90 with ptxas: all use
+# wgmma, and each list holds configs that do not spill registers at head dim 64 and at 128 (a few
+# 4-warp ones spill at 128 and are there for 64). The autotuner keys on head dim, causality, GQA
+# group and the power-of-two bucket of the lengths, so a new sequence length seldom retunes.
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "GROUP", "TQ_BUCKET", "TK_BUCKET"]
+_attn_fwd_tuned = triton.autotune(_gpu_configs([
+    (128, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+]), key=_TUNE_KEY)(_attn_fwd)
+_attn_bwd_dkdv_tuned = triton.autotune(_gpu_configs([
+    (32, 128, 8, 3), (32, 128, 8, 2), (32, 64, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3),
+    (16, 64, 4, 3),
+]), key=_TUNE_KEY)(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(_gpu_configs([
+    (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+]), key=_TUNE_KEY)(_attn_bwd_dq)
+
+# The CPU interpreter runs one fixed, small configuration (it cannot autotune and pays per program).
+# BLOCK_M != BLOCK_N on purpose, so tests cover diagonal blocks that straddle block edges.
+INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+
+
+def _use_interpreter(t: torch.Tensor) -> bool:
+    return not t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _bucket(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise ValueError naming the argument when shapes, dtypes or devices do not fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be (batch, heads, seq, head_dim), got shape "
+                             f"{tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
+    (b, hq, tq, d), (bk, hkv, tk, dk) = q.shape, k.shape
+    if b != bk or d != dk:
+        raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch "
+                         "or head_dim")
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"attention: kv heads ({hkv}) must divide q heads ({hq})")
+    if tq > tk:
+        raise ValueError(f"attention: q_len ({tq}) must not exceed k_len ({tk})")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError(f"attention: q, k, v are on different devices ({q.device}, {k.device}, "
+                         f"{v.device})")
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    b, hq, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, hq, tq), device=q.device, dtype=torch.float32)
+    args = (q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            hq, hq // hkv, tq, tk, scale * LOG2E, _bucket(tq), _bucket(tk))
+    meta = dict(CAUSAL=causal, HEAD_DIM=d, PRECISION=_precision(q))
+    if _use_interpreter(q):
+        block_m, block_n = INTERPRETER_BLOCKS["fwd"]
+        _attn_fwd[(triton.cdiv(tq, block_m), hq, b)](*args, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                      **meta)
+    else:
+        _attn_fwd_tuned[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](*args, **meta)
+    return o, lse
+
+
+def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     o: torch.Tensor, lse: torch.Tensor, causal: bool,
+                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, hq, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    do = _last_dim_contiguous(do)
+    delta = torch.empty_like(lse)
+    delta_block = 32 if _use_interpreter(q) else 64
+    _attn_bwd_delta[(triton.cdiv(tq, delta_block), hq, b)](
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], hq, tq, BLOCK_M=delta_block, HEAD_DIM=d)
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    sizes = (tq, tk, scale * LOG2E, scale, _bucket(tq), _bucket(tk))
+    meta = dict(CAUSAL=causal, HEAD_DIM=d, PRECISION=_precision(q))
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common, *dk.stride()[:3], *dv.stride()[:3],
+                 hq, hq // hkv, *sizes)
+    dq_args = (q, k, v, do, lse, delta, dq, *common, *dq.stride()[:3], hq, hq // hkv, *sizes)
+    if _use_interpreter(q):
+        block_m, block_n = INTERPRETER_BLOCKS["dkdv"]
+        _attn_bwd_dkdv[(triton.cdiv(tk, block_n), hkv, b)](*dkdv_args, BLOCK_M=block_m,
+                                                            BLOCK_N=block_n, **meta)
+        block_m, block_n = INTERPRETER_BLOCKS["dq"]
+        _attn_bwd_dq[(triton.cdiv(tq, block_m), hq, b)](*dq_args, BLOCK_M=block_m,
+                                                         BLOCK_N=block_n, **meta)
+    else:
+        _attn_bwd_dkdv_tuned[lambda cfg: (triton.cdiv(tk, cfg["BLOCK_N"]), hkv, b)](
+            *dkdv_args, **meta)
+        _attn_bwd_dq_tuned[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](
+            *dq_args, **meta)
+    return dq, dk, dv
+
+
+def _precision(q: torch.Tensor) -> str:
+    # fp32 inputs get true fp32 products (not TF32) so the fp32 path means what it says.
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+class FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> torch.Tensor:
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        o, lse = _launch_forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do: torch.Tensor):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _launch_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def _resolve_scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                     scale: float | None = None) -> torch.Tensor:
+    """Flash attention through the Triton kernels; differentiable in q, k and v."""
+    check_attention_inputs(q, k, v)
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"attention: the Triton kernels support head_dim in {HEAD_DIMS}, got "
+                         f"{q.shape[-1]} (NANOCODEC_KERNELS=torch runs any head_dim)")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"attention: unsupported dtype {q.dtype} (float32, float16, bfloat16)")
+    if q.numel() == 0:
+        return attention_torch(q, k, v, causal, scale)
+    return FlashAttention.apply(q, k, v, causal, _resolve_scale(q, scale))
+
+
+def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    scale: float | None = None) -> torch.Tensor:
+    """The same attention in plain PyTorch (SDPA), for CPUs and as the readable reference."""
+    check_attention_inputs(q, k, v)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    tq, tk = q.shape[2], k.shape[2]
+    mask = None
+    if causal and tq != tk:
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                          is_causal=causal and tq == tk,
+                                          scale=_resolve_scale(q, scale))

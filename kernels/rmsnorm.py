@@ -1,0 +1,140 @@
+"""Fused RMSNorm in Triton, forward and backward, plus a plain PyTorch path.
+
+Owns `rms_norm_triton` (the kernels behind one autograd.Function) and `rms_norm_torch` (the
+reference path with the same semantics). Dispatch between them lives in kernels/__init__.py.
+
+Forward, per row x of length N (statistics in fp32 whatever the input dtype):
+    rstd = 1 / sqrt(mean(x^2) + eps),   xhat = x * rstd,   y = xhat * w
+y is rounded once to the input dtype (HF Llama rounds xhat before the weight multiply; the
+difference is one rounding). rstd is saved for the backward.
+
+Backward, with g = dy * w:
+    dx = rstd * (g - xhat * mean(g * xhat))
+    dw = sum over rows of dy * xhat
+The backward kernel runs a fixed number of programs, each over a contiguous run of rows, keeping
+its share of dw in fp32 registers; the per-program partial sums are then added in one small torch
+reduction. No atomics, so dw is deterministic. Row offsets are int64: tensors past 2^31 elements
+are fine.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_COLS = 16384
+
+
+@triton.jit
+def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, N, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
+    tl.store(RSTD + row, rstd)
+    tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, stride_dy, stride_x, stride_dx, M, N,
+                  rows_per_program, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for row in range(row_start, row_end):
+        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row)
+        xhat = x * rstd
+        g = dy * w
+        dx = rstd * (g - xhat * (tl.sum(g * xhat, 0) / N))
+        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+    tl.store(DW_PARTIAL + pid.to(tl.int64) * N + cols, dw, mask=mask)
+
+
+def _num_warps(block: int) -> int:
+    return 16 if block >= 8192 else 8 if block >= 2048 else 4
+
+
+def _num_programs(x: torch.Tensor, rows: int) -> int:
+    if not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return min(rows, 4)
+    return min(rows, 2 * torch.cuda.get_device_properties(x.device).multi_processor_count)
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+class RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x2 = _as_rows(x)
+        w = weight.contiguous()
+        m, n = x2.shape
+        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+        rstd = torch.empty(m, device=x.device, dtype=torch.float32)
+        block = triton.next_power_of_2(n)
+        if m:
+            _rms_norm_fwd[(m,)](x2, w, y, rstd, x2.stride(0), y.stride(0), n, eps, BLOCK=block,
+                                num_warps=_num_warps(block))
+        ctx.save_for_backward(x2, w, rstd)
+        ctx.x_shape, ctx.weight_dtype = x.shape, weight.dtype
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2, w, rstd = ctx.saved_tensors
+        dy2 = _as_rows(dy)
+        m, n = x2.shape
+        dx = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
+        programs = _num_programs(x2, m)
+        partial = torch.empty((programs, n), device=x2.device, dtype=torch.float32)
+        block = triton.next_power_of_2(n)
+        if m:
+            _rms_norm_bwd[(programs,)](dy2, x2, w, rstd, dx, partial, dy2.stride(0), x2.stride(0),
+                                       dx.stride(0), m, n, triton.cdiv(m, programs), BLOCK=block,
+                                       num_warps=_num_warps(block))
+        dw = partial.sum(0).to(ctx.weight_dtype)
+        return dx.view(ctx.x_shape), dw, None
+
+
+def check_rms_norm_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise ValueError naming the argument when x and weight do not fit together."""
+    if x.dim() == 0:
+        raise ValueError("rms_norm: x must have at least one dimension, got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(f"rms_norm: the last dim of x {tuple(x.shape)} is empty")
+    if weight.shape != (x.shape[-1],):
+        raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} must be ({x.shape[-1]},), "
+                         f"the last dim of x {tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"rms_norm: x on {x.device} but weight on {weight.device}")
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim through the Triton kernels; differentiable in x and weight."""
+    check_rms_norm_inputs(x, weight)
+    if x.shape[-1] > MAX_COLS:
+        raise ValueError(f"rms_norm: the Triton kernel handles rows up to {MAX_COLS}, got "
+                         f"{x.shape[-1]} (NANOCODEC_KERNELS=torch runs any length)")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"rms_norm: unsupported dtype {x.dtype} (float32, float16, bfloat16)")
+    return RMSNorm.apply(x, weight, float(eps))
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The same RMSNorm in plain PyTorch, for CPUs and as the readable reference."""
+    check_rms_norm_inputs(x, weight)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(compute)
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * rstd * weight.to(compute)).to(x.dtype)
