@@ -513,7 +513,8 @@ def _letterbox(frame: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:
     for plane, (dst, src) in enumerate(zip(canvas, _planes(scaled))):
         shift = 1 if plane else 0
         dst[y >> shift:(y >> shift) + src.shape[0], x >> shift:(x >> shift) + src.shape[1]] = src
-    packed = np.concatenate([canvas[0], canvas[1].reshape(-1, out_w), canvas[2].reshape(-1, out_w)])
+    # from_ndarray reads yuv420p as the three planes back to back, viewed as (3h/2, w) rows.
+    packed = np.concatenate([plane.ravel() for plane in canvas]).reshape(-1, out_w)
     return av.VideoFrame.from_ndarray(packed, format="yuv420p")
 
 

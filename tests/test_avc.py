@@ -241,6 +241,12 @@ def test_other_aspect_ratios_are_padded_black_not_stretched(width, height):
     assert abs(box_w - box_h) <= 3  # the square is still square
 
 
+@pytest.mark.parametrize("size", [(96, 54), (32, 18), (64, 36)])
+def test_small_output_sizes_whose_chroma_rows_do_not_pair_up(size):
+    decoded = avc.decode(avc.encode([square_on_canvas(320, 240, 100)] * 2, size=size))
+    assert [f.shape for f in decoded] == [(size[1], size[0], 3)] * 2
+
+
 def test_fit_size_matches_ffmpeg_rounding():
     assert avc.fit_size(1280, 720) == (256, 144)
     assert avc.fit_size(640, 272) == (256, 109)   # 108.8 rounds up
