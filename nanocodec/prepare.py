@@ -1,0 +1,623 @@
+"""Data preparation: images or videos -> codec bytes -> BPE tokens -> shards that train.py streams.
+
+`python -m nanocodec.prepare --kind jpeg|avc --source DIR|LIST|demo --out data/NAME` (or `prepare()`)
+encodes every file with the paper's codec settings, learns the BPE tokenizer on the first
+`tokenizer_docs` training files (or reuses one), and writes, into the output folder:
+  {train,val}_NNNN.bin   uint16 token ids; every document is <bos> tokens <eos>, back to back
+  {train,val}_NNNN.idx   little-endian int64 offsets of the documents in the .bin, then its length
+  tokenizer.json         the tokenizer (nanocodec.bpe format)
+  manifest.json          codec settings, tokenizer hash, library versions, per-split counts and
+                         every skipped file with its reason; written last, so its presence means done
+  .prepare/              run state: the settings and one record per finished shard (for resuming)
+A file goes to val when the hash of its name (path relative to the folder, the line of the list, or
+the demo item's name) falls under `val_fraction`, so adding files never moves another one. Work is
+done shard by shard; a killed run started again with the same arguments keeps the finished shards
+and ends with exactly the bytes an uninterrupted run writes. A file that cannot be read is skipped,
+counted and listed with its reason; it never stops the run.
+Does not own: the codecs (nanocodec.jpeg, nanocodec.avc), BPE (nanocodec.bpe), the demo footage
+(nanocodec.demo) or reading shards for training (nanocodec.data).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from nanocodec import avc, bpe, demo, jpeg
+
+KINDS = ("jpeg", "avc")
+SPLITS = ("train", "val")
+DEFAULT_MERGES = {"jpeg": 320, "avc": 1024}
+DEFAULT_SIZE: dict[str, Any] = {"jpeg": 256, "avc": (256, 144)}
+# The demo trains on a CPU in minutes: 64 px images (16 MCUs, ~500 bytes) and 64x36 videos.
+DEMO_SIZE: dict[str, Any] = {"jpeg": 64, "avc": (64, 36)}
+DEMO_COUNT = {"jpeg": 4096, "avc": 256}
+# About 20M tokens per shard at the paper's sizes (5K tokens per image, 15K per video).
+DEFAULT_SHARD_FILES = {"jpeg": 4096, "avc": 1024}
+# Files per worker task: BPE encodes a batch's distinct pieces together, and per-batch costs fade
+# by about 100 images (measured: 16 per batch tokenizes 2.2x slower than 128).
+BATCH = {"jpeg": 128, "avc": 8}
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .y4m .h264 .264".split()
+)
+STATE = ".prepare"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+class PrepareError(RuntimeError):
+    """A run that cannot start or continue: bad arguments, no usable files, a foreign output folder."""
+
+
+# ------------------------------------------------------------------------------------ sources
+
+@dataclass
+class Source:
+    """Items in a fixed order: their names (the split key) and a way to get their codec inputs."""
+
+    description: str
+    names: list[str]
+    payloads: Callable[[list[int]], Iterable[Any]]  # codec inputs of these (ascending) indices
+    ignored: dict[str, int] = field(default_factory=dict)
+
+
+def _extensions(kind: str) -> frozenset[str]:
+    if kind == "avc":
+        return VIDEO_EXTENSIONS
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _folder(root: Path, kind: str) -> Source:
+    wanted = _extensions(kind)
+    names, ignored = [], collections.Counter()
+    for folder, _, files in os.walk(root):
+        for f in files:
+            rel = (Path(folder) / f).relative_to(root).as_posix()
+            ext = os.path.splitext(f)[1].lower()
+            if ext in wanted:
+                names.append(rel)
+            else:
+                ignored[f"files with extension {ext or '(none)'}"] += 1
+    names.sort()
+    return Source(str(root.resolve()), names, lambda idx: (str(root / names[i]) for i in idx), dict(ignored))
+
+
+def _listing(path: Path) -> Source:
+    names, ignored = [], collections.Counter()
+    seen = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line in seen:
+            ignored["repeated lines"] += 1
+            continue
+        seen.add(line)
+        names.append(line)
+    base = path.parent
+    return Source(str(path.resolve()), names, lambda idx: (str(base / names[i]) for i in idx), dict(ignored))
+
+
+def _demo(kind: str, codec: dict, count: int, seed: int) -> Source:
+    if kind == "jpeg":
+        plan = demo.image_crops(count, seed)
+
+        def render(idx: list[int]) -> Iterator[Any]:
+            return demo.render_images([plan[i] for i in idx], codec["size"])
+    else:
+        width, height = codec["size"]
+        plan = demo.video_windows(count, seed, codec["seconds"], aspect=width / height)
+
+        def render(idx: list[int]) -> Iterator[Any]:
+            return demo.render_videos([plan[i] for i in idx], (width, height), codec["seconds"], codec["fps"])
+    return Source("demo", [p.name for p in plan], render)
+
+
+def find_source(kind: str, source: str, codec: dict, limit: int | None, seed: int) -> Source:
+    """The items of `source` ("demo", a folder, or a text file of paths), at most `limit` of them.
+
+    A limit keeps a seeded random sample of a folder or list, in the original order.
+    """
+    if source == "demo":
+        return _demo(kind, codec, limit or DEMO_COUNT[kind], seed)
+    path = Path(source)
+    if path.is_dir():
+        found = _folder(path, kind)
+    elif path.is_file():
+        found = _listing(path)
+    else:
+        raise PrepareError(f"--source {source}: no such folder or list file (or use 'demo')")
+    if limit is None or limit >= len(found.names):
+        return found
+    keep = sorted(random.Random(seed).sample(range(len(found.names)), limit))
+    return Source(found.description, [found.names[i] for i in keep],
+                  lambda idx: found.payloads([keep[i] for i in idx]), found.ignored)
+
+
+def is_val(name: str, val_fraction: float) -> bool:
+    """Stable split: the first 8 bytes of SHA-256(name) as a fraction of 2**64."""
+    h = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+    return h < val_fraction * 2**64
+
+
+# ------------------------------------------------------------------------ per-file work (workers)
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(kind: str, codec: dict, tokenizer_path: str) -> None:
+    _worker.clear()
+    _worker.update(kind=kind, codec=codec, tokenizer_path=tokenizer_path, tokenizer=None)
+
+
+def _diagnose(path: str, detail: str) -> tuple[str, str]:
+    """Why Pillow recognised no format: is it the format its extension names, in a variant it cannot
+    decode (an unsupported mode), with a broken header, or not that format at all?"""
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt in Image.OPEN:
+        factory, accept = Image.OPEN[fmt]
+        with open(path, "rb") as f:
+            claims = accept is None or accept(f.read(16))
+            if claims is True or (claims and not isinstance(claims, str)):
+                try:
+                    f.seek(0)
+                    factory(f, path)
+                except Exception as e:  # the plugin's own words say what is wrong
+                    category = "unsupported mode" if "mode" in str(e).lower() else "corrupt header"
+                    return category, f"{fmt}: {e}"
+                return "unreadable image", detail
+    return "not an image", f"no image format recognises the content (extension {ext or 'none'})"
+
+
+def _reason(error: Exception, payload: Any) -> str:
+    """A one-line 'category: detail' for a file that could not be encoded."""
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+
+    def first(kinds: tuple, text: str = "") -> BaseException | None:
+        return next((c for c in chain if isinstance(c, kinds) and text in str(c).lower()), None)
+
+    detail = str(error)
+    if isinstance(payload, str) and detail.startswith(payload + ": "):
+        detail = detail[len(payload) + 2:]
+    if _worker["kind"] == "avc":
+        category = "unreadable video" if isinstance(error, avc.VideoError) else "error"
+    elif bomb := first((Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        category, detail = "decompression bomb", str(bomb)
+    elif first((UnidentifiedImageError,)) and isinstance(payload, str):
+        category, detail = _diagnose(payload, detail)
+    elif cut := first((OSError,), "truncated"):
+        category, detail = "truncated", str(cut)
+    elif isinstance(error, jpeg.ImageError):
+        category = "unreadable image"
+    else:
+        category, detail = "error", f"{type(error).__name__}: {detail}"
+    return f"{category}: {detail}"
+
+
+def _encode(payload: Any) -> tuple[bytes | None, str | None]:
+    """(codec bytes, None) or (None, reason)."""
+    try:
+        if isinstance(payload, str):
+            if not os.path.exists(payload):
+                return None, "missing file: no such file"
+            if os.path.getsize(payload) == 0:
+                return None, "empty file: 0 bytes"
+        if _worker["kind"] == "jpeg":
+            return jpeg.encode(payload, **_worker["codec"]), None
+        codec = dict(_worker["codec"], size=tuple(_worker["codec"]["size"]))
+        return avc.encode(payload, **codec), None
+    except Exception as e:  # one bad file must never stop a run of millions: it is reported instead
+        return None, _reason(e, payload)
+
+
+def _work(payloads: list[Any], tokenize: bool) -> list[tuple[Any, str | None]]:
+    """For each payload: (codec bytes, None) when not tokenizing, else ((codec length, uint16
+    tokens <bos>...<eos>), None); (None, reason) for a file that was skipped."""
+    encoded = [_encode(p) for p in payloads]
+    if not tokenize:
+        return encoded
+    if _worker["tokenizer"] is None:
+        _worker["tokenizer"] = bpe.Tokenizer.load(_worker["tokenizer_path"])
+    good = [data for data, _ in encoded if data is not None]
+    tokens = iter(_worker["tokenizer"].encode_batch(good, bos=True, eos=True))
+    return [((len(data), next(tokens).astype(np.uint16)), None) if data is not None else (None, reason)
+            for data, reason in encoded]
+
+
+class _Pool:
+    """Ordered results of `_work` over batches, in this process (workers=1) or in a process pool
+    started on first use, with a bounded number of batches in flight so that a fast source (the
+    demo renders pictures) never floods memory."""
+
+    def __init__(self, workers: int, initargs: tuple):
+        self.workers, self.initargs, self.pool = workers, initargs, None
+        _init_worker(*initargs)
+
+    def run(self, payloads: Iterable[Any], tokenize: bool, batch: int) -> Iterator[tuple[Any, str | None]]:
+        batches = _batched(payloads, batch)
+        if self.workers == 1:
+            for b in batches:
+                yield from _work(b, tokenize)
+            return
+        if self.pool is None:
+            ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold threads (tqdm, torch)
+            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=self.initargs)
+        in_flight: collections.deque = collections.deque()
+        for b in batches:
+            in_flight.append(self.pool.apply_async(_work, (b, tokenize)))
+            if len(in_flight) >= 2 * self.workers:
+                yield from in_flight.popleft().get()
+        while in_flight:
+            yield from in_flight.popleft().get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ------------------------------------------------------------------------------- output folder
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        # os.open rather than mkstemp so the file gets the usual umask permissions, not 0600.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}_{number:04d}"
+
+
+def _finished(out: Path, name: str) -> dict | None:
+    """The record of a shard whose three files are all in place and agree, else None."""
+    try:
+        record = json.loads((out / STATE / f"{name}.json").read_text())
+        ok = ((out / f"{name}.bin").stat().st_size == 2 * record["tokens"]
+              and (out / f"{name}.idx").stat().st_size == 8 * (record["documents"] + 1))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if ok else None
+
+
+def _write_shard(out: Path, name: str, files: list[str], results: list[tuple[Any, str | None]]) -> dict:
+    """Write one shard; its record in .prepare/ goes last and is what marks the shard finished."""
+    docs = [r[1] for r, _ in results if r is not None]
+    offsets = np.zeros(len(docs) + 1, dtype="<i8")
+    np.cumsum([len(d) for d in docs], out=offsets[1:])
+    tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
+    _write_atomic(out / f"{name}.bin", tokens.astype("<u2").tobytes())
+    _write_atomic(out / f"{name}.idx", offsets.tobytes())
+    record = {
+        "files": len(files),
+        "documents": len(docs),
+        "tokens": int(offsets[-1]),
+        "codec_bytes": sum(r[0] for r, _ in results if r is not None),
+        "skipped": [{"path": f, "reason": why} for f, (r, why) in zip(files, results) if r is None],
+    }
+    _write_atomic(out / STATE / f"{name}.json", _json_bytes(record))
+    return record
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"codec": {"size": 64}} -> {"codec.size": 64}, to name exactly which setting differs."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _claim(out: Path, run: dict) -> None:
+    """Start a run in `out`, or continue one with identical settings; refuse anything else."""
+    state = out / STATE / "run.json"
+    if state.exists():
+        previous = json.loads(state.read_text())
+        if previous != run:
+            old, new = _flat(previous), _flat(run)
+            changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                       if old.get(k) != new.get(k)]
+            raise PrepareError(f"{out} holds a run with other settings ({'; '.join(changed)}): "
+                               f"use another --out, or delete {out} to start over")
+        for leftover in [*out.glob("*.tmp"), *(out / STATE).glob("*.tmp")]:  # from a killed run
+            leftover.unlink()
+        return
+    if out.exists() and any(out.iterdir()):
+        raise PrepareError(f"{out} is not empty and holds no prepare run: use an empty or new folder")
+    (out / STATE).mkdir(parents=True, exist_ok=True)
+    _write_atomic(state, _json_bytes(run))
+
+
+# ------------------------------------------------------------------------------------ the run
+
+def _versions() -> dict:
+    import platform
+
+    import av
+    import PIL
+    from PIL import features
+
+    from nanocodec import __version__
+
+    return {
+        "nanocodec": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "libjpeg": features.version("jpg"),
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
+        "pyav": av.__version__,
+        "ffmpeg": av.ffmpeg_version_info,
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+    }
+
+
+def _codec(kind: str, size: Any, quality: int, qp: int) -> dict:
+    if kind == "jpeg":
+        return {"size": int(size), "quality": quality, "subsampling": "4:2:0", "restart_blocks": 1}
+    width, height = size
+    return {"seconds": 5, "fps": 3, "size": [int(width), int(height)], "qp": qp, "keep_sei": False}
+
+
+def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], kind: str, merges: int,
+               docs: int, given: str | None, seed: int, batch: int) -> tuple[bpe.Tokenizer, dict]:
+    """Load, copy in, or learn the tokenizer; out/tokenizer.json holds it afterwards."""
+    path = out / TOKENIZER
+    if given is not None:
+        tok = bpe.Tokenizer.load(given)
+        origin = {"from": str(given)}
+    elif path.exists():  # a resumed run: the settings matched, so this is the tokenizer it learned
+        tok = bpe.Tokenizer.load(path)
+        origin = json.loads((out / STATE / "tokenizer.json").read_text())
+    else:
+        sample = sorted(random.Random(f"tokenizer-{seed}").sample(train_idx, min(docs, len(train_idx))))
+        bar = tqdm(total=len(sample), unit=" files", desc="encode for tokenizer", dynamic_ncols=True)
+        corpus = []
+        for data, _ in pool.run(src.payloads(sample), tokenize=False, batch=batch):
+            bar.update()
+            if data is not None:
+                corpus.append(data)
+        bar.close()
+        if not corpus:
+            raise PrepareError(f"none of the {len(sample)} files sampled for the tokenizer could be read; "
+                               f"is {src.description} a folder of {'images' if kind == 'jpeg' else 'videos'}?")
+        print(f"learning {merges} BPE merges on {len(corpus)} files ({sum(map(len, corpus)) / 1e6:.1f} MB)",
+              file=sys.stderr)
+        tok = bpe.train(corpus, merges, split=kind)
+        origin = {"trained_on_files": len(corpus), "trained_on_bytes": sum(map(len, corpus))}
+        _write_atomic(out / STATE / "tokenizer.json", _json_bytes(origin))
+    if tok.vocab_size > 2**16:
+        raise PrepareError(f"tokenizer has {tok.vocab_size} ids; shards store uint16 (at most 65536)")
+    if not {"<bos>", "<eos>", "<pad>"} <= set(tok.specials):
+        raise PrepareError(f"tokenizer {given or path} lacks <bos>, <eos> or <pad> (it has {list(tok.specials)})")
+    if not path.exists() or path.read_text() != tok.to_json():
+        _write_atomic(path, tok.to_json().encode("utf-8"))  # the text whose hash tok.sha256 is
+    return tok, origin
+
+
+def _summary(out: Path, manifest: dict) -> str:
+    s = manifest["splits"]
+    kept = sum(v["documents"] for v in s.values())
+    files = sum(v["files"] for v in s.values())
+    parts = [f"{out}: kept {kept} of {files} files"]
+    parts.append("; ".join(f"{k} {v['documents']} docs, {v['tokens']:,} tokens" for k, v in s.items()))
+    by_reason = manifest["skipped_by_reason"]
+    if by_reason:
+        parts.append(f"skipped {len(manifest['skipped'])} (" + ", ".join(f"{n} {r}" for r, n in by_reason.items())
+                     + f"; see {out / MANIFEST})")
+    else:
+        parts.append("skipped none")
+    if manifest["ignored"]:
+        parts.append("ignored " + ", ".join(f"{n} {what}" for what, n in manifest["ignored"].items()))
+    return " | ".join(parts)
+
+
+def _check_codec(kind: str, codec: dict) -> None:
+    """Settings the codec refuses (a JPEG size that is no multiple of 16...) fail here, once, rather
+    than as one skipped file per input."""
+    try:
+        if kind == "jpeg":
+            jpeg.encode(Image.new("RGB", (16, 16)), **codec)
+        else:
+            avc.encode([np.zeros((16, 16, 3), np.uint8)], **dict(codec, size=tuple(codec["size"])))
+    except (ValueError, TypeError) as e:
+        raise PrepareError(f"codec settings {codec}: {e}") from e
+
+
+def _encode_shards(out: Path, pool: _Pool, src: Source, plan: dict[str, list[list[int]]],
+                   todo: list[tuple[str, int]], batch: int) -> dict[str, dict]:
+    """Encode, tokenize and write the shards in `todo`, in order; returns their records."""
+    records = {}
+    bar = tqdm(total=sum(len(plan[s][n]) for s, n in todo), unit=" files", desc=f"prepare {out}", dynamic_ncols=True)
+    skipped = 0
+    for split in SPLITS:
+        pending = [n for s, n in todo if s == split]
+        results = pool.run(src.payloads([i for n in pending for i in plan[split][n]]), tokenize=True, batch=batch)
+        for n in pending:
+            chunk = []
+            for _ in plan[split][n]:
+                chunk.append(next(results))
+                bar.update()
+                if chunk[-1][0] is None:
+                    skipped += 1
+                    bar.set_postfix(skipped=skipped, refresh=False)
+            name = shard_name(split, n)
+            records[name] = _write_shard(out, name, [src.names[i] for i in plan[split][n]], chunk)
+    bar.close()
+    return records
+
+
+def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None, quality: int = 25,
+            qp: int = 37, merges: int | None = None, tokenizer_docs: int = 10000,
+            tokenizer: str | os.PathLike | None = None, val_fraction: float = 0.05,
+            workers: int | None = None, limit: int | None = None, seed: int = 0,
+            shard_files: int | None = None) -> dict:
+    """Prepare a data folder (see the module docstring) and return its manifest.
+
+    `size` is an int for jpeg, (width, height) for avc; the default is the paper's (256 / 256x144)
+    or, for the demo, the small DEMO_SIZE. `quality` is JPEG's, `qp` H.264's. `limit` caps the
+    number of files (the demo's item count, default DEMO_COUNT). `workers` defaults to every core;
+    the output does not depend on it.
+    """
+    if kind not in KINDS:
+        raise PrepareError(f"--kind must be one of {KINDS}, got {kind!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrepareError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    for option, value in (("tokenizer-docs", tokenizer_docs), ("limit", limit), ("shard-files", shard_files),
+                          ("workers", workers), ("merges", merges)):
+        if value is not None and value < (0 if option == "merges" else 1):
+            raise PrepareError(f"--{option} must be {'>= 0' if option == 'merges' else 'positive'}, got {value}")
+    source = str(source)
+    size = size if size is not None else (DEMO_SIZE if source == "demo" else DEFAULT_SIZE)[kind]
+    merges = DEFAULT_MERGES[kind] if merges is None else merges
+    shard_files = shard_files or DEFAULT_SHARD_FILES[kind]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    codec = _codec(kind, size, quality, qp)
+    _check_codec(kind, codec)
+    out = Path(out)
+    try:
+        src = find_source(kind, source, codec, limit, seed)
+    except demo.DemoError as e:
+        raise PrepareError(str(e)) from e
+    if not src.names:
+        raise PrepareError(f"--source {source}: found no {'images' if kind == 'jpeg' else 'videos'}")
+    run = {
+        "format_version": FORMAT_VERSION, "kind": kind, "codec": codec, "source": src.description,
+        "files_sha256": hashlib.sha256("\n".join(src.names).encode("utf-8")).hexdigest(),
+        "merges": merges, "tokenizer_docs": tokenizer_docs,
+        "tokenizer": bpe.Tokenizer.load(tokenizer).sha256 if tokenizer is not None else None,
+        "val_fraction": val_fraction, "limit": limit, "seed": seed, "shard_files": shard_files,
+        "versions": _versions(),  # other codec libraries may write other bytes: no mixing on resume
+    }
+    run = json.loads(json.dumps(run))  # tuples become lists, as they read back from run.json
+    _claim(out, run)
+
+    split_idx: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, name in enumerate(src.names):
+        split_idx["val" if is_val(name, val_fraction) else "train"].append(i)
+    plan = {s: [idx[k:k + shard_files] for k in range(0, len(idx), shard_files)] for s, idx in split_idx.items()}
+    records = {shard_name(s, n): _finished(out, shard_name(s, n)) for s in SPLITS for n in range(len(plan[s]))}
+    todo = [(s, n) for s in SPLITS for n in range(len(plan[s])) if records[shard_name(s, n)] is None]
+    if len(todo) < len(records):
+        print(f"resuming: {len(records) - len(todo)} of {len(records)} shards already written", file=sys.stderr)
+
+    pool = _Pool(workers, (kind, codec, str(out / TOKENIZER)))
+    try:
+        tok, origin = _tokenizer(out, pool, src, split_idx["train"], kind, merges, tokenizer_docs,
+                                 tokenizer, seed, BATCH[kind])
+        records.update(_encode_shards(out, pool, src, plan, todo, BATCH[kind]))
+    finally:
+        pool.close()
+
+    splits, skipped = {}, []
+    for split in SPLITS:
+        recs = [records[shard_name(split, n)] for n in range(len(plan[split]))]
+        splits[split] = {key: sum(r[key] for r in recs) for key in ("files", "documents", "tokens", "codec_bytes")}
+        splits[split]["shards"] = len(recs)
+        skipped += [entry for r in recs for entry in r["skipped"]]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "codec": run["codec"],
+        "source": src.description,
+        "seed": seed, "val_fraction": val_fraction, "limit": limit, "shard_files": shard_files,
+        "dtype": "uint16",
+        "tokenizer_sha256": tok.sha256,
+        "tokenizer": {"merges": len(tok.merges), "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+                      "eos_id": tok.eos_id, "pad_id": tok.pad_id, **origin},
+        "splits": splits,
+        "skipped": skipped,
+        "skipped_by_reason": dict(collections.Counter(e["reason"].split(":", 1)[0] for e in skipped).most_common()),
+        "ignored": src.ignored,
+        "versions": run["versions"],
+    }
+    _write_atomic(out / MANIFEST, _json_bytes(manifest))
+    print(_summary(out, manifest), file=sys.stderr)
+    return manifest
+
+
+def _parse_size(text: str) -> Any:
+    try:
+        if "x" in text:
+            width, height = (int(v) for v in text.lower().split("x"))
+            return width, height
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes N (jpeg) or WIDTHxHEIGHT (avc), got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nanocodec.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--source", required=True, help="a folder (recursive), a text file of paths, or 'demo'")
+    parser.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
+    parser.add_argument("--size", type=_parse_size,
+                        help="jpeg: N (default 256, demo 64); avc: WxH (default 256x144, demo 64x36)")
+    parser.add_argument("--quality", type=int, default=25, help="JPEG quality (default 25)")
+    parser.add_argument("--qp", type=int, default=37, help="H.264 constant QP (default 37)")
+    parser.add_argument("--merges", type=int, help="BPE merges (default 320 jpeg, 1024 avc)")
+    parser.add_argument("--tokenizer-docs", type=int, default=10000, help="files to learn BPE on (default 10000)")
+    parser.add_argument("--tokenizer", help="reuse this tokenizer.json instead of learning one")
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--workers", type=int, help="processes (default: every core)")
+    parser.add_argument("--limit", type=int, help="use at most N files (a seeded sample); demo: N items")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-files", type=int, help="files per shard (default 4096 jpeg, 1024 avc)")
+    args = parser.parse_args(argv)
+    if args.kind == "avc" and isinstance(args.size, int) or args.kind == "jpeg" and isinstance(args.size, tuple):
+        parser.error(f"--size for {args.kind} takes {'WIDTHxHEIGHT' if args.kind == 'avc' else 'one number'}")
+    try:
+        prepare(args.kind, args.source, args.out, size=args.size, quality=args.quality, qp=args.qp,
+                merges=args.merges, tokenizer_docs=args.tokenizer_docs, tokenizer=args.tokenizer,
+                val_fraction=args.val_fraction, workers=args.workers, limit=args.limit, seed=args.seed,
+                shard_files=args.shard_files)
+    except (PrepareError, bpe.BpeError) as e:
+        sys.exit(f"prepare: {e}")
+
+
+if __name__ == "__main__":
+    main()
