@@ -23,6 +23,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from nanocodec import huffman
+
 ImageSource = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview]
 
 SOI, EOI, SOS, DQT, DHT, DRI, APP0 = 0xD8, 0xD9, 0xDA, 0xDB, 0xC4, 0xDD, 0xE0
@@ -315,8 +317,6 @@ def decode(data: bytes, quality: int = 25, subsampling: str = "4:2:0", repair: b
     A broken stream raises InvalidJPEG naming the first error, or with `repair=True` is repaired
     first (nanocodec.huffman.repair: the valid restart intervals kept, the rest flat gray).
     """
-    from nanocodec import huffman  # the validator imports this module's geometry
-
     full = restore(data, quality, subsampling)
     report = huffman.validate(full)
     if not report.ok:
