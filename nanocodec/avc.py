@@ -557,6 +557,11 @@ def _x264(prepared: _Prepared, fps: float, qp: int) -> bytes:
     if prepared.sar:
         ctx.sample_aspect_ratio = prepared.sar
     ctx.options = {**PAPER_X264_OPTIONS, "qp": str(qp)}
+    return run_encoder(ctx, frames)
+
+
+def run_encoder(ctx: av.CodecContext, frames: list[av.VideoFrame]) -> bytes:
+    """Feed frames (numbered in order) through an opened-for-writing codec context, flush, join."""
     packets = []
     for pts, frame in enumerate(frames):
         frame.pts = pts

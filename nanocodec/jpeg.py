@@ -111,13 +111,15 @@ def square_crop(im: Image.Image, crop: str = "center", rng: random.Random | int 
     """The largest square inside the image, centered or at a random position."""
     w, h = im.size
     side = min(w, h)
+    if crop not in ("center", "random"):
+        raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+    if w == h:
+        return im
     if crop == "center":
         left, top = (w - side) // 2, (h - side) // 2
-    elif crop == "random":
+    else:
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         left, top = rng.randint(0, w - side), rng.randint(0, h - side)
-    else:
-        raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
     return im.crop((left, top, left + side, top + side))
 
 

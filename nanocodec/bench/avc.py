@@ -31,12 +31,7 @@ def default_x264(frames: list[av.VideoFrame], fps: float = 3) -> bytes:
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
     ctx.time_base, ctx.framerate = Fraction(1, 1) / Fraction(fps), Fraction(fps)
-    packets = []
-    for pts, frame in enumerate(frames):
-        frame.pts = pts
-        packets += ctx.encode(frame)
-    packets += ctx.encode(None)
-    return b"".join(bytes(p) for p in packets)
+    return avc.run_encoder(ctx, frames)
 
 
 def main(argv: list[str]) -> None:

@@ -17,13 +17,12 @@ import argparse
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from nanocodec import bpe, demo, jpeg
+from nanocodec.bench._timing import best_time
 
 CROP = 256
 
@@ -34,16 +33,6 @@ def jpeg_corpus(count: int, seed: int = 0) -> list[bytes]:
     docs = [jpeg.encode(picture) for picture in tqdm(pictures, total=count, unit="img", desc="corpus")]
     random.Random(seed).shuffle(docs)
     return docs
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """(fastest wall time of `repeats` calls, result of the last call)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def hf_train(texts: list[str], vocab_size: int):

@@ -8,20 +8,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 
 from nanocodec import demo, jpeg
-
-
-def _best_rate(fn, images, repeats: int) -> float:
-    """Images per second of the fastest of `repeats` passes (the least disturbed by other load)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for im in images:
-            fn(im)
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
+from nanocodec.bench._timing import best_time
 
 
 def _bare_pillow(im) -> bytes:
@@ -36,8 +25,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     images = list(demo.render_images(demo.image_crops(args.images, seed=0), 256))
-    ours = _best_rate(jpeg.encode, images, args.repeats)
-    pillow = _best_rate(_bare_pillow, images, args.repeats)
+    ours = len(images) / best_time(lambda: [jpeg.encode(im) for im in images], args.repeats)[0]
+    pillow = len(images) / best_time(lambda: [_bare_pillow(im) for im in images], args.repeats)[0]
     mean_bytes = sum(len(jpeg.encode(im)) for im in images) / len(images)
     print(f"{len(images)} real 256x256 images, q25 4:2:0, mean {mean_bytes:.0f} bytes per stream")
     print(f"nanocodec.jpeg.encode : {ours:8.1f} images/s")

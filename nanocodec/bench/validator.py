@@ -16,17 +16,7 @@ import time
 from PIL import Image
 
 from nanocodec import demo, huffman, jpeg
-
-
-def _best_seconds(fn, items, repeats: int) -> float:
-    """Seconds of the fastest of `repeats` passes over items (the least disturbed by other load)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        best = min(best, time.perf_counter() - start)
-    return best
+from nanocodec.bench._timing import best_time
 
 
 def _pillow_decode(data: bytes) -> None:
@@ -69,9 +59,9 @@ def main(argv: list[str]) -> None:
     warm = time.perf_counter() - start
     if bad:
         raise SystemExit(f"validator rejected {len(bad)} of our own streams, first: {bad[0]}")
-    ours = _best_seconds(huffman.validate, streams, args.repeats)
-    full = _best_seconds(huffman.validate, restored, args.repeats)
-    pillow = _best_seconds(_pillow_decode, restored, args.repeats)
+    ours = best_time(lambda: [huffman.validate(s) for s in streams], args.repeats)[0]
+    full = best_time(lambda: [huffman.validate(s) for s in restored], args.repeats)[0]
+    pillow = best_time(lambda: [_pillow_decode(s) for s in restored], args.repeats)[0]
     megabytes = sum(map(len, streams)) / 1e6
     n = len(streams)
     rng = random.Random(0)
