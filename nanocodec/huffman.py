@@ -14,6 +14,11 @@ arithmetic, lossless, hierarchical, 12-bit and multi-scan streams are reported a
 "unsupported: ...". Nothing here raises on bad input except `repair`, which raises `RepairError`
 when there is no frame header to keep.
 
+Exactness: each check runs as soon as the bytes it needs have arrived, so the error is found at
+the first byte after which no continuation could make the stream valid (a segment length no
+contents fit, an FF inside an MCU that eight 1-bits cannot continue, a code that leads into a
+block that cannot end), and it reads the same whether the bytes came whole or in pieces.
+
 Speed: each Huffman table gets 16-bit lookahead tables whose entries decode as many whole
 symbols as fit in the window (often a whole block), so the bit loop runs about once per block.
 Rare cases (long codes, runs near coefficient 63, the end of the data) go through an exact
@@ -71,15 +76,21 @@ _SOI, _HEADER, _SCAN, _TAIL, _DONE = range(5)
 def _table_problem(key: bytes, dc: bool) -> str | None:
     """Why a DHT table cannot be used by a scan, or None. Checked for the tables a scan selects,
     as libjpeg does: the all-1 code of every length stays reserved (libjpeg rejects tables that
-    use it), and a DC table may only hold the difference categories 0-11 of 8-bit samples."""
+    use it), and a DC table may only hold the difference categories 0-11 of 8-bit samples. A
+    table that cannot code a single block (no DC codes; no AC codes that end a block) could only
+    fail on the first block, so it is refused here too."""
     code = 0
     for length, count in enumerate(key[:16], 1):
         code += count
         if code >= 1 << length:
             return f"its {length}-bit codes run into the reserved all-1 code"
         code <<= 1
-    if dc and max(key[16:], default=0) > 11:
+    if dc and not key[16:]:
+        return "it holds no codes"
+    if dc and max(key[16:]) > 11:
         return f"it holds DC category {max(key[16:])}, above 11"
+    if not dc and not _finishes(key) >> 1 & 1:
+        return "no sequence of its codes ends a block"
     return None
 
 
@@ -105,13 +116,47 @@ def _single(key: bytes) -> list[int]:
     return table + [-1] * (65536 - len(table))
 
 
+_ALL_FINISH = (1 << 65) - 2  # coefficients 1-64: any block can still end
+
+
+@functools.lru_cache(maxsize=64)
+def _finishes(ac_key: bytes) -> int:
+    """Bit k set: AC codes of this table can end a block whose next coefficient is k (bit 64: the
+    block is full). That is every k in 1-64 (_ALL_FINISH) for a table with an EOB or a run-0
+    code, as encoders write them; in a table with holes some symbols lead into dead ends."""
+    symbols = set(ac_key[16:])
+    if not symbols.isdisjoint(range(11)):  # EOB, or a run 0 that can always step to the end
+        return _ALL_FINISH
+    ends = 1 << 64
+    for k in range(63, 0, -1):
+        if any(_allowed(symbol, ends) >> k & 1 for symbol in symbols):
+            ends |= 1 << k
+    return ends
+
+
+def _allowed(symbol: int, finishes: int) -> int:
+    """Bit k set: the AC symbol may be decoded at coefficient k: it keeps within coefficient 63 (a
+    ZRL leaves room for the coefficient after it) and lands where the block can still end."""
+    run, size = symbol >> 4, symbol & 15
+    if symbol == 0:
+        return (1 << 64) - 2
+    if symbol == 0xF0:
+        return finishes >> 16 & ((1 << 48) - 1)
+    if 1 <= size <= 10:
+        return finishes >> (run + 1) & ((1 << (64 - run)) - 1)
+    return 0
+
+
 def _ac_runs(key: bytes) -> tuple[list[int], ...]:
     """runs[w][x]: the AC symbols whose codes lie inside the w-bit window x, summed greedily.
 
     Built from narrower windows so each level costs one pass. A symbol that needs the exact path
     (undefined symbols, categories past 10) ends the run, and so does a ZRL with nothing after it
     in the window: a ZRL must be followed by a coefficient, which only the exact path can check.
+    A table with holes (see _finishes) gets no runs: all its symbols take the exact path.
     """
+    if _finishes(key) != _ALL_FINISH:
+        return tuple([0] * (1 << width) for width in range(17))
     codes = _codes(key)
     runs: list[list[int]] = [[0]]
     for width in range(1, 17):
@@ -168,26 +213,22 @@ def _lookahead(dc_key: bytes, ac_key: bytes) -> tuple[list[int], list[int]]:
 
 @functools.lru_cache(maxsize=8)
 def _room(ac_key: bytes) -> list[int]:
-    """room[1 << m | p]: the largest k at which some allowed AC code starts with the m bits p.
-
-    Allowed at k means the symbol keeps within coefficient 63 (EOB: any k; ZRL: k <= 47, since
-    a coefficient must follow it; run r: k <= 63 - r). It shrinks as bits are added, so one look
-    at the longest known proper prefix of a code tells whether any shorter one was hopeless.
+    """room[1 << m | p]: bit k set when some AC code that starts with the m bits p is allowed at
+    coefficient k (see _allowed: EOB at any k, ZRL up to 47, run r up to 63 - r, for tables
+    without holes). The set shrinks as bits are added, so one look at the longest known proper
+    prefix of a code tells whether any shorter one was hopeless.
     """
-    room = [-1] * 65536
+    finishes = _finishes(ac_key)
+    room = [0] * 65536
     for code, length, symbol in _codes(ac_key):
-        run, size = symbol >> 4, symbol & 15
-        allowed = (63 if symbol == 0 else 47 if symbol == 0xF0 else
-                   63 - run if 1 <= size <= 10 else -1)
+        allowed = _allowed(symbol, finishes)
         for m in range(1, length):
-            index = 1 << m | code >> (length - m)
-            if room[index] < allowed:
-                room[index] = allowed
+            room[1 << m | code >> (length - m)] |= allowed
     return room
 
 
-def _symbol(acc: int, nbits: int, k: int, single: list[int],
-            room: list[int]) -> tuple[int, int, str | None]:
+def _symbol(acc: int, nbits: int, k: int, single: list[int], room: list[int],
+            finishes: int) -> tuple[int, int, str | None]:
     """Decode one symbol exactly: (new k, bits used, error); bits used is -1 when bits are missing.
 
     The window is zero-padded past `nbits`: canonical codes fill the window space from 0 up, so
@@ -199,7 +240,7 @@ def _symbol(acc: int, nbits: int, k: int, single: list[int],
     entry = single[window]
     if k:
         known = min((entry >> 8) - 1 if entry >= 0 else 15, nbits)
-        if known and room[1 << known | window >> (16 - known)] < k:
+        if known and not room[1 << known | window >> (16 - known)] >> k & 1:
             return 0, 0, f"invalid Huffman code: no AC code allowed at coefficient {k} starts " \
                          "with these bits"
     if entry < 0:
@@ -225,6 +266,8 @@ def _symbol(acc: int, nbits: int, k: int, single: list[int],
             return 0, 0, f"AC symbol 0x{symbol:02X} is undefined in sequential JPEG"
         else:
             new_k = _EOB + k
+        if new_k < 64 and not finishes >> new_k & 1:
+            return 0, 0, f"no sequence of AC codes can end the block from coefficient {new_k}"
     if length + size > nbits:
         return 0, -1, None
     return new_k, length + size, None
@@ -249,6 +292,7 @@ class _Scan(NamedTuple):
     dc: tuple[list[int], ...]  # exact one-symbol tables per block
     ac: tuple[list[int], ...]
     rooms: tuple[list[int], ...]  # _room of each block's AC table
+    finishes: tuple[int, ...]  # _finishes of each block's AC table
     keys: tuple[tuple[bytes, bytes], ...]  # (DC, AC) table of each block
     labels: tuple[str, ...]
     columns: int
@@ -331,14 +375,17 @@ class _Reader:
     def __init__(self, body: bytes, size: int, offset: int, name: str) -> None:
         self.body, self.size, self.pos, self.offset, self.name = body, size, 0, offset, name
 
+    def peek(self, n: int) -> bytes:
+        """The next n bytes as far as they have arrived, without taking them."""
+        if self.pos + n > self.size:
+            self.bad_length("is too short for its contents")
+        return self.body[self.pos:self.pos + n]
+
     def take(self, n: int) -> bytes:
-        stop = self.pos + n
-        if stop > self.size:
-            raise _Invalid(self.offset - 2, f"{self.name} segment length {self.size + 2} is too "
-                                            "short for its contents")
-        if stop > len(self.body):
+        out = self.peek(n)
+        if len(out) < n:
             raise _Truncated
-        out, self.pos = self.body[self.pos:stop], stop
+        self.pos += n
         return out
 
     def byte(self) -> int:
@@ -350,15 +397,48 @@ class _Reader:
     def fail(self, message: str, back: int = 1) -> None:
         raise _Invalid(self.offset + self.pos - back, f"{self.name}: {message}")
 
+    def bad_length(self, problem: str) -> None:
+        raise _Invalid(self.offset - 2, f"{self.name} segment length {self.size + 2} {problem}")
+
     def exact(self, expected: int) -> None:
         if self.size != expected:
-            raise _Invalid(self.offset - 2, f"{self.name} segment length is {self.size + 2}, its "
-                                            f"contents need {expected + 2}")
+            self.bad_length(f"does not match its contents, which need {expected + 2}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Segment parsers: (reader, header, marker) -> new header. Fields are checked in byte order, so
-# a partial segment fails exactly where the whole one would.
+# Segment parsers: (reader, header, marker) -> new header. Each check runs as soon as the bytes
+# it needs are known (the segment length first), and in byte order, so a partial segment fails
+# as soon as no continuation can make it valid, and exactly where the whole one would.
+
+
+def _table(header: _Header, index: int) -> bytes | None:
+    """Huffman table `index` (DC 0-3, AC 4-7); slots 0-1 default to the Annex K tables."""
+    return header.tables[index] or (_STANDARD_TABLES[index] if index % 4 < 2 else None)
+
+
+def _marker_problem(header: _Header, marker: int) -> str | None:
+    """Why a frame or scan header cannot start here, which its marker alone tells."""
+    frame = header.frame
+    if marker in (0xC0, 0xC1):
+        return "a second frame header (SOF); only one frame is allowed" if frame else None
+    if marker != 0xDA:
+        return None
+    if frame is None:
+        return "SOS before the frame header (SOF)"
+    missing = [c[3] for c in frame.components if header.quant and not header.quant >> c[3] & 1]
+    if missing:
+        return f"quantization table {missing[0]} is used but not defined"
+    for kind, name in ((0, "DC"), (4, "AC")):
+        problems = []
+        for slot in range(2 if frame.marker == 0xC0 else 4):
+            key = _table(header, kind + slot)
+            problem = "not defined" if key is None else _table_problem(key, dc=not kind)
+            if problem is None:
+                break
+            problems.append(f"table {slot}: {problem}")
+        else:
+            return f"SOS: no {name} Huffman table can be used ({'; '.join(problems)})"
+    return None
 
 
 def _skip(r: _Reader, header: _Header, marker: int) -> _Header:
@@ -367,13 +447,20 @@ def _skip(r: _Reader, header: _Header, marker: int) -> _Header:
 
 
 def _app0(r: _Reader, header: _Header, marker: int) -> _Header:
-    body = r.take(r.size)
-    if len(body) >= 14 and body[:5] == b"JFIF\0" and body[5] != 1:
-        raise _Invalid(r.offset + 5, f"APP0: unknown JFIF major version {body[5]} (expected 1)")
+    if r.size >= 14 and r.take(5) == b"JFIF\0":
+        version = r.byte()
+        if version != 1:
+            r.fail(f"unknown JFIF major version {version} (expected 1)")
+    r.take(r.size - r.pos)
     return header
 
 
 def _dqt(r: _Reader, header: _Header, marker: int) -> _Header:
+    if r.size % 65:
+        if any((r.size - 129 * wide) % 65 == 0 for wide in range(1, r.size // 129 + 1)):
+            raise _Invalid(r.offset - 2, f"unsupported: 16-bit quantization tables (12-bit "
+                                         f"JPEG), as DQT segment length {r.size + 2} implies")
+        r.bad_length("does not hold whole tables of 65 bytes")
     quant = header.quant
     while r.pos < r.size:
         kind = r.byte()
@@ -382,23 +469,33 @@ def _dqt(r: _Reader, header: _Header, marker: int) -> _Header:
                            "unsupported: 16-bit quantization table (12-bit JPEG)")
         if kind >> 4 or kind & 15 > 3:
             r.fail(f"bad precision/table byte 0x{kind:02X}")
-        values = r.take(64)
+        values = r.peek(64)
         if 0 in values:
-            r.fail(f"quantization table {kind & 15} has a zero entry", 64 - values.index(0))
+            r.fail(f"quantization table {kind & 15} has a zero entry", -values.index(0))
+        r.take(64)
         quant |= 1 << (kind & 15)
     return header._replace(quant=quant)
 
 
 def _dht(r: _Reader, header: _Header, marker: int) -> _Header:
+    if 0 < r.size < 17:
+        r.bad_length("is too short for its contents")
     tables = list(header.tables)
     while r.pos < r.size:
         kind = r.byte()
         if kind >> 4 > 1 or kind & 15 > 3:
             r.fail(f"bad class/table byte 0x{kind:02X}")
-        counts = r.take(16)
-        if sum(counts) > 256:
-            r.fail(f"table defines {sum(counts)} codes, more than 256", 16)
-        tables[(kind >> 4) * 4 + (kind & 15)] = counts + r.take(sum(counts))
+        counts, codes = r.peek(16), 0
+        for count in counts:
+            codes += count
+            if codes > 256:
+                r.fail("table defines more than 256 codes", 0)
+            r.peek(16 + codes)
+        left = r.size - r.pos - 16 - codes
+        if len(counts) == 16 and 0 < left < 17:
+            r.bad_length(f"leaves {left} bytes after a table, too few for another")
+        r.take(16)
+        tables[(kind >> 4) * 4 + (kind & 15)] = counts + r.take(codes)
     return header._replace(tables=tuple(tables))
 
 
@@ -408,8 +505,11 @@ def _dri(r: _Reader, header: _Header, marker: int) -> _Header:
 
 
 def _sof(r: _Reader, header: _Header, marker: int) -> _Header:
-    if header.frame is not None:
-        raise _Invalid(r.offset - 4, "a second frame header (SOF); only one frame is allowed")
+    if r.size not in (9, 12, 15, 18):  # 6 bytes, then 3 for each of 1-4 components
+        if r.size > 18 and r.size % 3 == 0:
+            raise _Invalid(r.offset - 2, f"unsupported: {(r.size - 6) // 3} components (needs "
+                                         "several scans)")
+        r.bad_length("does not fit a frame header of 1-4 components")
     precision = r.byte()
     if precision == 12:
         raise _Invalid(r.offset, "unsupported: 12-bit samples")
@@ -424,23 +524,24 @@ def _sof(r: _Reader, header: _Header, marker: int) -> _Header:
     if count == 0:
         r.fail("no components")
     r.exact(6 + 3 * count)
-    if count > 4:
-        raise _Invalid(r.offset + 5, f"unsupported: {count} components (needs several scans)")
     components: list[tuple[int, int, int, int]] = []
-    for _ in range(count):
-        cid, factors, table = r.byte(), r.byte(), r.byte()
-        h, v = factors >> 4, factors & 15
+    blocks = 0
+    for i in range(count):
+        cid = r.byte()
         if any(c[0] == cid for c in components):
-            r.fail(f"component id {cid} appears twice", 3)
+            r.fail(f"component id {cid} appears twice")
+        factors = r.byte()
+        h, v = factors >> 4, factors & 15
         if not (1 <= h <= 4 and 1 <= v <= 4):
-            r.fail(f"component {cid} has sampling factors {h}x{v}, each must be 1-4", 2)
+            r.fail(f"component {cid} has sampling factors {h}x{v}, each must be 1-4")
+        blocks += h * v
+        if count > 1 and blocks + count - 1 - i > 10:  # each later component adds a block
+            raise _Invalid(r.offset + 6, "unsupported: an interleaved MCU of more than 10 "
+                                         "blocks (needs several scans)")
+        table = r.byte()
         if table > 3:
             r.fail(f"component {cid} uses quantization table {table}, the limit is 3")
         components.append((cid, h, v, table))
-    blocks = sum(c[1] * c[2] for c in components)
-    if count > 1 and blocks > 10:
-        raise _Invalid(r.offset + 6, f"unsupported: an interleaved MCU of {blocks} blocks exceeds "
-                                     "the limit of 10 (needs several scans)")
     hmax, vmax = (8 * max(c[1] for c in components), 8 * max(c[2] for c in components))
     if count == 1:  # a single-component scan is not interleaved: its MCU is one 8x8 block
         hmax = vmax = 8
@@ -450,28 +551,30 @@ def _sof(r: _Reader, header: _Header, marker: int) -> _Header:
 
 
 def _sos(r: _Reader, header: _Header, marker: int) -> _Header:
-    frame = header.frame
-    if frame is None:
-        raise _Invalid(r.offset - 4, "SOS before the frame header (SOF)")
+    frame = header.frame  # _marker_problem made sure of it, and of usable tables
+    need = len(frame.components)
+    if r.size != 4 + 2 * need:
+        if r.size % 2 == 0 and 1 <= (r.size - 4) // 2 < need:
+            raise _Invalid(r.offset - 2, f"unsupported: multi-scan sequential JPEG (the SOS "
+                                         f"segment length {r.size + 2} codes "
+                                         f"{(r.size - 4) // 2} of {need} components)")
+        r.bad_length(f"does not fit the frame's {need} components, which need {2 * need + 6}")
     count = r.byte()
-    if not 1 <= count <= 4:
-        r.fail(f"{count} components in the scan, must be 1-4")
-    r.exact(4 + 2 * count)
-    if count != len(frame.components):
-        raise _Invalid(r.offset, f"unsupported: multi-scan sequential JPEG (this scan codes "
-                                 f"{count} of {len(frame.components)} components)")
+    if count != need:
+        r.fail(f"{count} components in the scan, where the frame and the segment length have "
+               f"{need}")
     limit = 1 if frame.marker == 0xC0 else 3
     dc_keys, ac_keys = [], []
     for cid, *_ in frame.components:
-        selector, tables = r.byte(), r.byte()
+        selector = r.byte()
         if selector != cid:
-            r.fail(f"component {selector} where the frame header has component {cid}", 2)
+            r.fail(f"component {selector} where the frame header has component {cid}")
+        tables = r.byte()
         for slot, kind in ((tables >> 4, 0), (tables & 15, 4)):
             if slot > limit:
                 r.fail(f"component {cid} selects Huffman table {slot}, this process allows 0-"
                        f"{limit}")
-            key = header.tables[kind + slot] or (_STANDARD_TABLES[kind + slot] if slot < 2 else
-                                                 None)
+            key = _table(header, kind + slot)
             what = f"{'AC' if kind else 'DC'} Huffman table {slot}"
             if key is None:
                 r.fail(f"{what} is not defined")
@@ -479,13 +582,10 @@ def _sos(r: _Reader, header: _Header, marker: int) -> _Header:
             if problem:
                 r.fail(f"{what} cannot be used: {problem}")
             (ac_keys if kind else dc_keys).append(key)
-    start, end, approx = r.byte(), r.byte(), r.byte()
-    if (start, end, approx) != (0, 63, 0):
-        r.fail(f"not a sequential scan: Ss={start} Se={end} Ah/Al=0x{approx:02X}, expected 0, "
-               "63, 0", 3)
-    missing = [c[3] for c in frame.components if header.quant and not header.quant >> c[3] & 1]
-    if missing:
-        raise _Invalid(r.offset - 4, f"quantization table {missing[0]} is used but not defined")
+    for field, expected in (("Ss", 0), ("Se", 63), ("Ah/Al", 0)):
+        value = r.byte()
+        if value != expected:
+            r.fail(f"not a sequential scan: {field} is {value}, expected {expected}")
     keys, labels = [], []
     for (cid, h, v, _), dc, ac in zip(frame.components, dc_keys, ac_keys):
         repeat = h * v if count > 1 else 1
@@ -495,10 +595,14 @@ def _sos(r: _Reader, header: _Header, marker: int) -> _Header:
     follow = tuple((starts[i], rests[i], i) for i in range(1, len(keys)))
     scan = _Scan(starts, rests, tuple(_single(dc) for dc, _ in keys),
                  tuple(_single(ac) for _, ac in keys), tuple(_room(ac) for _, ac in keys),
+                 tuple(_finishes(ac) for _, ac in keys),
                  tuple(keys), tuple(labels), frame.columns,
                  frame.total, header.interval, r.offset - 4, follow + ((starts[0], rests[0], 0),))
     return header._replace(scan=scan)
 
+
+# The longest a segment can be, where that is below 256: SOF of 4 components, SOS of 4, DRI.
+_SHORT_SEGMENTS = {0xC0: 20, 0xC1: 20, 0xDA: 14, 0xDD: 4}
 
 _PARSERS = {0xC0: _sof, 0xC1: _sof, 0xC4: _dht, 0xDA: _sos, 0xDB: _dqt, 0xDD: _dri, 0xFE: _skip,
             **{m: _skip for m in range(0xE1, 0xF0)}, 0xE0: _app0}
@@ -562,6 +666,13 @@ def _markers(st: _State, data: bytes, pos: int, final: bool) -> tuple[_State, in
                 standalone = marker in (0xD9, 0xD8, 0x01, 0x00, *range(0xD0, 0xD8))
                 where = "before the scan" if standalone else "(reserved)"
                 raise _Invalid(base + q - 1, f"unexpected {_NAMES[marker]} {where}")
+            problem = _marker_problem(header, marker)
+            if problem:
+                raise _Invalid(base + q - 1, problem)
+            if q + 1 < end and data[q + 1] and marker in _SHORT_SEGMENTS:
+                raise _Invalid(base + q + 1, f"{_NAMES[marker]} segment length is at least "
+                                             f"{data[q + 1] << 8}, more than it can be (at most "
+                                             f"{_SHORT_SEGMENTS[marker]})")
             if q + 2 >= end:
                 raise _Truncated
             length = data[q + 1] << 8 | data[q + 2]
@@ -643,18 +754,27 @@ def _scan(st: _State, data: bytes, pos: int, final: bool) -> tuple[_State, int]:
                 t = a
                 continue
             if not (1024 < nk < 1088 and n <= nbits):  # 1024 = _EOB: the block ended validly
-                nk, n, why = _symbol(acc, nbits, k, (scan.ac if k else scan.dc)[j], scan.rooms[j])
+                nk, n, why = _symbol(acc, nbits, k, (scan.ac if k else scan.dc)[j], scan.rooms[j],
+                                    scan.finishes[j])
                 if why:
                     unstuffed = base + pos - seg_start - len(stuffed) - ((nbits + 7) >> 3)
                     error = f"{_where(scan, mcus, j)}: {why}"
                     error_at = _raw_offset(seg_start, stuffed, unstuffed)
                     break
                 if n < 0:  # this symbol needs bits that are not here
-                    if pos + 1 < end:
-                        error = f"{_where(scan, mcus, j)}: found FF {data[pos + 1]:02X} before " \
-                                "the MCU is complete (only FF 00 may appear inside an MCU)"
-                        error_at = base + pos
-                    elif final:
+                    if pos < end:  # data[pos] is an FF without its 00 (yet)
+                        # Inside an MCU an FF can only be a stuffed data byte: what FF 00 would
+                        # meet here is the verdict on the FF, whatever follows it.
+                        probe, _ = _scan(_State(_SCAN, base + pos, b"", header, mcus, j, k, acc,
+                                                nbits, left, rst, seg_start, stuffed),
+                                         b"\xff\x00", 0, False)
+                        error, error_at = probe.error, probe.error_at
+                        if error is None and pos + 1 < end:
+                            error = f"{_where(scan, mcus, j)}: found FF {data[pos + 1]:02X} " \
+                                    "before the MCU is complete (only FF 00 may appear inside " \
+                                    "an MCU)"
+                            error_at = base + pos
+                    if error is None and final:
                         error, error_at = f"data ends inside {_where(scan, mcus, j)}", base + end
                     break
                 if nk < 64:
@@ -756,7 +876,9 @@ class Validator:
     """Incremental `validate`: feed bytes in pieces of any size; clone to try alternatives.
 
     The state is one immutable tuple, so `clone()` is O(1) and a sampler can test many candidate
-    tokens from one prefix. After the first error every `feed` returns False.
+    tokens from one prefix. `feed` is exact: it returns False at the first byte after which no
+    continuation can give a valid stream (so a sampler never takes a dead end), and from then on.
+    An FF inside an MCU, for one, is judged at once: only a stuffed FF 00 could follow it there.
     """
 
     __slots__ = ("_state",)

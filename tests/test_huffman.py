@@ -491,6 +491,166 @@ def test_single_byte_choices_match_the_stream():
     assert state.done
 
 
+# --- exact viability: a prefix is refused as soon as nothing can follow it -----------------------
+
+DECODE = {key: {code: symbol for symbol, code in book.items()} for key, book in BOOKS.items()}
+
+
+def ac_allowed(symbol: int, k: int) -> bool:
+    """An AC symbol at coefficient k keeps the block within coefficient 63 (T.81 F.1.2.2)."""
+    run, size = symbol >> 4, symbol & 15
+    if symbol == 0:
+        return True
+    if symbol == 0xF0:
+        return k + 16 <= 63
+    return 1 <= size <= 10 and k + run + 1 <= 64
+
+
+def mcu_state(bits: str, tables: list[int]) -> str:
+    """'dead', 'open' or 'complete': can `bits` begin one MCU whose blocks use the standard
+    Huffman tables `tables`, then 1-bit padding to a byte boundary? Decoded bit by bit over the
+    code books read from Pillow: nothing is shared with the module under test."""
+    pos = 0
+    for table in tables:
+        k = 0
+        while k < 64:
+            book, code = DECODE[int(k > 0), table], ""
+            while code not in book:
+                if not any(c.startswith(code) and (k == 0 or ac_allowed(s, k))
+                           for c, s in book.items()):
+                    return "dead"
+                if pos == len(bits):
+                    return "open"
+                code += bits[pos]
+                pos += 1
+            symbol = book[code]
+            if k and not ac_allowed(symbol, k):
+                return "dead"
+            pos += symbol if k == 0 else symbol & 15
+            k = 1 if k == 0 else 64 if symbol == 0 else k + (symbol >> 4) + 1
+            if pos > len(bits):
+                return "open"
+    rest = bits[pos:]
+    return "complete" if len(rest) < 8 and "0" not in rest else "dead"
+
+
+def scan_header(size: int) -> bytes:
+    """Headers through SOS of the model's format: abbreviated, q25 4:2:0, a RST after every MCU."""
+    data = pillow_stream(size, size, 0, "4:2:0", restart=1)
+    sos = data.index(b"\xff\xda")
+    return data[:sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")]
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_ff_inside_an_mcu_is_judged_at_once(size):
+    """Inside an MCU an FF can only be data (FF 00): the FF is refused at once when eight 1-bits
+    leave no valid code, and accepted when they do or when the MCU is complete (a marker). The
+    sampler once got stuck on such a dead FF; here both kinds are built from random scan bytes and
+    judged by an independent bit-by-bit decoder."""
+    head, rng = scan_header(size), random.Random(size)
+    tables = [0, 0, 0, 0, 1, 1]  # 4:2:0: four luma blocks, then Cb and Cr
+    verdicts = {True: 0, False: 0}
+    for _ in range(25):
+        values = [rng.choice([0xFF, rng.randrange(256)]) for _ in range(40)]
+        for cut in range(len(values)):
+            bits = "".join(format(v, "08b") for v in values[:cut])
+            before = mcu_state(bits, tables)
+            if before == "dead":
+                break
+            expected = before == "complete" or mcu_state(bits + "1" * 8, tables) != "dead"
+            prefix = head + bytes(values[:cut]).replace(b"\xff", b"\xff\x00") + b"\xff"
+            validator = Validator()
+            assert validator.feed(prefix) == expected, prefix[len(head):].hex(" ")
+            verdicts[expected] += 1
+            if not expected:  # a dead FF reads the same whatever comes after it
+                tails = (b"", b"\x00", b"\xd0", b"\x00\xff\xd9")
+                whole = {validate(prefix + tail) for tail in tails}
+                assert whole == {validator.report()}, whole
+    assert verdicts[True] and verdicts[False], verdicts
+
+
+def dead_end_stream(ac_symbols: bytes, bits: str, dc_counts: bytes = b"") -> bytes:
+    """One 8x8 gray block with a DHT of our own: standard DC table 0 (or `dc_counts` with no
+    symbols) and an AC table 0 of 2-bit codes for `ac_symbols`."""
+    dc = dc_counts or b"".join(TABLES[0, 0])
+    ac = bytes([0, len(ac_symbols)] + [0] * 14) + ac_symbols
+    head = (b"\xff\xd8" + segment(0xDB, b"\x00" + bytes([4] * 64)) +
+            segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00") +
+            segment(0xC4, b"\x00" + dc + b"\x10" + ac) + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00"))
+    bits += "1" * (-len(bits) % 8)
+    return head + int("0" + bits, 2).to_bytes(len(bits) // 8, "big") + b"\xff\xd9"
+
+
+def test_ac_tables_with_dead_ends():
+    """With only runs of 1 and 2 zeros (no EOB), coefficient 63 is a dead end: a block must land
+    on 64 exactly. The symbol that lands on 63 is refused as soon as its code is known."""
+    two_three = b"\x11\x21"  # codes 00 and 01, then one magnitude bit each
+    good = dead_end_stream(two_three, "00" + "011" + "001" * 30)  # DC 0, k 1 -> 4 -> 64
+    assert validate(good).ok and decodable(good).size == (8, 8)
+    dead = dead_end_stream(two_three, "00" + "001" * 30 + "00" + "1")  # k 1 -> 61 -> 63
+    scan = dead.index(b"\xff\xda") + 10
+    validator = Validator()
+    assert validator.feed(dead[:scan + 11]) and not validator.feed(dead[scan + 11:scan + 12])
+    assert "no sequence of AC codes can end the block from coefficient 63" in validate(dead).error
+    odd = validate(dead_end_stream(b"\x11", "00"))  # runs of 1 from coefficient 1 reach 63, 65
+    assert "AC Huffman table 0 cannot be used: no sequence of its codes ends a block" in odd.error
+    empty = validate(dead_end_stream(two_three, "00", dc_counts=bytes(16)))
+    assert "DC Huffman table 0 cannot be used: it holds no codes" in empty.error
+
+
+def header_dead_ends() -> list[tuple[str, bytes, str]]:
+    """(what, prefix, error): header bytes whose last byte leaves no valid continuation."""
+    full = pillow_stream(16, 16, 0, abbreviated=False)
+    sos, sof = full.index(b"\xff\xda"), full.index(b"\xff\xc0")
+    dqt = full.index(b"\xff\xdb")
+    chroma_dqt = full.index(b"\xff\xdb", dqt + 2)
+    ac_dht = full.index(b"\xff\xc4", full.index(b"\xff\xc4") + 2)
+    no_chroma_table = full[:chroma_dqt] + full[chroma_dqt + 69:sos + 2]
+    return [
+        ("SOS length above 14", full[:sos + 2] + b"\x80", "more than it can be"),
+        ("SOF length of no component count", full[:sof + 3] + b"\x10", "does not fit a frame"),
+        ("DQT length of no table count", full[:dqt + 3] + b"\x50", "whole tables of 65 bytes"),
+        ("DQT zero entry", full[:dqt + 10] + b"\x00", "has a zero entry"),
+        ("DHT codes past 256", full[:ac_dht + 5] + b"\x80\x81", "more than 256 codes"),
+        ("SOS with a quantization table undefined", no_chroma_table,
+         "quantization table 1 is used but not defined"),
+    ]
+
+
+@pytest.mark.parametrize("what,prefix,error", header_dead_ends(),
+                         ids=[case[0] for case in header_dead_ends()])
+def test_header_dead_ends_are_refused_at_their_byte(what, prefix, error):
+    validator = Validator()
+    assert validator.feed(prefix[:-1]) and not validator.feed(prefix[-1:])
+    report = validate(prefix)
+    assert error in report.error and validator.report() == report
+    assert report == validate(prefix + bytes(range(256)))  # what follows changes nothing
+
+
+SMALL = STREAM_LIST + [(("model", 1, True), REFERENCE)] * 3 + [
+    (("4:2:0", 1, True), pillow_stream(size, size, 4)) for size in (16, 32)] * 3
+
+
+@given(st.sampled_from(SMALL), st.integers(0, 2**32), st.integers(0, 3),
+       st.sampled_from([b"", b"", b"\xff", b"\xff\x00", b"\xff\xff"]), st.data())
+def test_no_viable_prefix_is_a_dead_end(item, seed, edits, tail, draw):
+    """A prefix feed accepts always has a next byte that feed accepts (or is complete): checked on
+    prefixes of valid and mutated streams, then along a short random walk of accepted bytes."""
+    rng = random.Random(seed)
+    data = mutate(item[1], rng, edits) if edits else item[1]
+    prefix = data[:draw.draw(st.integers(0, len(data)))] + tail
+    validator = Validator()
+    if not validator.feed(prefix):
+        return
+    for _ in range(6):
+        if validator.done:
+            return
+        following = [b for b in range(256) if validator.clone().feed(bytes((b,)))]
+        assert following, f"{prefix.hex(' ')} is accepted, yet no byte can follow it"
+        prefix += bytes((rng.choice(following),))
+        validator.feed(prefix[-1:])
+
+
 # --- command line -------------------------------------------------------------------------------
 
 

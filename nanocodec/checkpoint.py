@@ -1,0 +1,253 @@
+"""Checkpoint directories: atomic save, safe load, and loading a trained model for inference.
+
+A checkpoint directory holds
+  model.safetensors  the weights (metadata: the step)
+  state.pt           what resuming needs besides weights: optimizer, step, data-stream and RNG states
+  tokenizer.json     copied from the data folder
+  manifest.json      copied from the data folder
+  config.json        {"version": 1, "step", "model", "train", "data": {"path", "manifest_sha256"},
+                      "kind", "codec"}
+Saving writes every file into `.staging/`, hard-links the current checkpoint (when it is whole)
+into `previous/`, then moves the new files in with os.replace, config.json last. A kill at any
+moment leaves either a complete checkpoint in the directory or a complete previous one in
+`previous/`, and the loaders fall back to `previous/` when the directory's files disagree about
+the step. Loading never runs
+pickled code: weights come from safetensors, state.pt goes through torch.load(weights_only=True).
+Does not own: what goes into the state (train.py) or the model itself (nanocodec.model).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from nanocodec.model import Llama, ModelConfig
+
+VERSION = 1
+WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG = "model.safetensors", "state.pt", "tokenizer.json", "manifest.json", "config.json"
+FILES = (WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG)  # the order of the final renames: config.json commits
+STAGING, PREVIOUS = ".staging", "previous"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that is missing, incomplete, corrupt, or of an unknown version."""
+
+
+@dataclass
+class Bundle:
+    """What inference needs from a checkpoint: the model (eval mode), its tokenizer, config.json and
+    the data manifest (codec settings)."""
+
+    model: Llama
+    tokenizer: Any
+    config: dict
+    manifest: dict
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(
+    out_dir: str | os.PathLike,
+    weights: dict[str, torch.Tensor],
+    state: dict,
+    *,
+    step: int,
+    model_config: dict,
+    train_config: dict,
+    data_dir: str | os.PathLike,
+) -> None:
+    """Write a complete checkpoint for `step` into `out_dir`, atomically (see the module docstring)."""
+    out, data = Path(out_dir), Path(data_dir)
+    manifest_text = (data / MANIFEST).read_text()
+    manifest = json.loads(manifest_text)
+    config = {
+        "version": VERSION,
+        "step": step,
+        "model": model_config,
+        "train": train_config,
+        "data": {"path": str(data.resolve()), "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest()},
+        "kind": manifest.get("kind"),
+        "codec": manifest.get("codec", {}),
+    }
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # the remains of a save that was killed
+    staging.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS, metadata={"step": str(step)})
+    torch.save({**state, "step": step}, staging / STATE)
+    shutil.copyfile(data / TOKENIZER, staging / TOKENIZER)
+    (staging / MANIFEST).write_text(manifest_text)
+    (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    for name in FILES:
+        _fsync(staging / name)
+
+    previous = out / PREVIOUS
+    if _is_complete(out):  # it becomes the fallback; else previous/ already holds the last whole one
+        shutil.rmtree(previous, ignore_errors=True)
+        linking = out / (PREVIOUS + ".tmp")
+        shutil.rmtree(linking, ignore_errors=True)
+        linking.mkdir()
+        for name in FILES:
+            try:
+                os.link(out / name, linking / name)  # links, not copies: no extra disk for 7B weights
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(out / name, linking / name)
+        os.replace(linking, previous)
+    for name in FILES:
+        os.replace(staging / name, out / name)
+    _fsync(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a complete checkpoint directory)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_config(ckpt: Path) -> dict:
+    """config.json of `ckpt`, checked against the weights' step and the manifest copy."""
+    config = _read_json(ckpt / CONFIG)
+    if config.get("version") != VERSION:
+        raise CheckpointError(f"{ckpt / CONFIG}: unknown checkpoint version {config.get('version')!r} "
+                              f"(this nanocodec reads version {VERSION})")
+    for key in ("step", "model", "data"):
+        if key not in config:
+            raise CheckpointError(f"{ckpt / CONFIG}: no {key!r} entry")
+    try:
+        with safe_open(ckpt / WEIGHTS, framework="pt") as f:
+            weights_step = (f.metadata() or {}).get("step")
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt / WEIGHTS}: missing (not a complete checkpoint directory)") from None
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{ckpt / WEIGHTS}: not a readable safetensors file ({e})") from None
+    if weights_step != str(config["step"]):
+        raise CheckpointError(f"{ckpt}: weights are from step {weights_step} but config.json from step "
+                              f"{config['step']} (a save was interrupted)")
+    manifest_sha = hashlib.sha256((ckpt / MANIFEST).read_bytes()).hexdigest() if (ckpt / MANIFEST).exists() else None
+    if manifest_sha != config["data"].get("manifest_sha256"):
+        raise CheckpointError(f"{ckpt / MANIFEST}: missing or not the manifest config.json was saved with")
+    return config
+
+
+def _model_config(ckpt: Path, config: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(config["model"]) - known
+    if unknown:
+        raise CheckpointError(f"{ckpt / CONFIG}: unknown model fields {sorted(unknown)}")
+    try:
+        return ModelConfig(**config["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / CONFIG}: invalid model config ({e})") from None
+
+
+def _load_weights(ckpt: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(ckpt / WEIGHTS, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{ckpt / WEIGHTS}: not a readable safetensors file ({e})") from None
+
+
+def _load_state(ckpt: Path, step: int) -> dict:
+    try:
+        # mmap: processes that only need the small entries never read the optimizer tensors.
+        state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt / STATE}: missing (not a complete checkpoint directory)") from None
+    except Exception as e:  # torch.load raises many types on corrupt files; all mean the same here
+        raise CheckpointError(f"{ckpt / STATE}: not a readable training state ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("step") != step:
+        raise CheckpointError(f"{ckpt / STATE}: not the training state of step {step} (a save was interrupted)")
+    return state
+
+
+def _is_complete(ckpt: Path) -> bool:
+    try:
+        _load_state(ckpt, _read_config(ckpt)["step"])
+    except CheckpointError:
+        return False
+    return True
+
+
+def _first_good(ckpt_dir: str | os.PathLike, load):
+    """`load(dir)` on the checkpoint directory, falling back to its `previous/` copy when it fails."""
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: no such checkpoint directory")
+    try:
+        return load(ckpt)
+    except CheckpointError as error:
+        if not (ckpt / PREVIOUS).is_dir():
+            raise
+        try:
+            result = load(ckpt / PREVIOUS)
+        except CheckpointError:
+            raise error from None
+        warnings.warn(f"{error}; using the previous checkpoint in {ckpt / PREVIOUS}", stacklevel=3)
+        return result
+
+
+def load_config(ckpt_dir: str | os.PathLike) -> dict:
+    """config.json of the checkpoint in `ckpt_dir` (or of its intact previous copy)."""
+    return _first_good(ckpt_dir, _read_config)
+
+
+def load_training(ckpt_dir: str | os.PathLike, weights: bool = True) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(config, weights on CPU, state) for resuming training from `ckpt_dir`; with weights=False the
+    weights come back empty (the processes that receive them by broadcast)."""
+
+    def load(ckpt: Path):
+        config = _read_config(ckpt)
+        return config, _load_weights(ckpt, "cpu") if weights else {}, _load_state(ckpt, config["step"])
+
+    return _first_good(ckpt_dir, load)
+
+
+def load_for_inference(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
+    """The trained model on `device` in eval mode, with its tokenizer, config and data manifest."""
+    from nanocodec.bpe import BpeError, Tokenizer
+
+    def load(ckpt: Path) -> Bundle:
+        config = _read_config(ckpt)
+        model_config = _model_config(ckpt, config)
+        weights = _load_weights(ckpt, device)
+        with torch.device("meta"):
+            model = Llama(model_config)
+        try:
+            model.load_state_dict(weights, strict=True, assign=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt / WEIGHTS}: weights do not fit the model in config.json ({e})") from None
+        model.init_rope()
+        try:
+            tokenizer = Tokenizer.load(ckpt / TOKENIZER)
+        except FileNotFoundError:
+            raise CheckpointError(f"{ckpt / TOKENIZER}: missing (not a complete checkpoint directory)") from None
+        except BpeError as e:
+            raise CheckpointError(f"{ckpt / TOKENIZER}: {e}") from None
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise CheckpointError(f"{ckpt / TOKENIZER}: {tokenizer.vocab_size} tokens, "
+                                  f"but the model knows only {model_config.vocab_size}")
+        return Bundle(model.eval(), tokenizer, config, _read_json(ckpt / MANIFEST))
+
+    return _first_good(ckpt_dir, load)

@@ -1,0 +1,426 @@
+"""Generation from a trained model: logit filters, batched KV-cache decoding, constrained JPEG decoding.
+
+Owns: the small pure functions that turn logits into a next token (temperature, top-k, top-p,
+`sample_next`), the generation loop (`generate`: ragged prompts in one batch, the model's static KV
+cache, a stop at EOS per row, an optional `Constraint`), `JpegConstraint`, which keeps every row
+a viable prefix of a valid JPEG stream with one `nanocodec.huffman.Validator` per row, and
+`complete`, which turns codec-byte prompts into whole streams checked by the codec's validator.
+Does not own: loading checkpoints (nanocodec.checkpoint), prompts and files on disk (sample.py),
+metrics (nanocodec.eval).
+
+Ragged prompts follow the LLaMA reference generator: the shortest prompt is prefilled for every row,
+and rows with a longer prompt are fed their own prompt tokens through the decode steps instead of
+samples, so no attention mask or padding is needed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits divided by a positive temperature (1 leaves them unchanged)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to scale logits, got {temperature} (use 0 only for greedy sampling)")
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits with all but the k largest of each row set to -inf; k <= 0 or k >= V keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
+
+    The most likely token is always kept; p >= 1 keeps all.
+    """
+    if p >= 1.0:
+        return logits
+    if p <= 0:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # A token goes when the tokens ranked above it already hold mass p.
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= p
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution of each row: temperature, then top-k, then top-p, then softmax.
+
+    Temperature 0 means greedy: a one-hot distribution on the argmax.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    logits = top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
+    return logits.softmax(dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of `logits` (B, V): greedy at temperature 0, else filtered sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filtered_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Constraint:
+    """What a constrained sampler asks about each row; the default allows everything.
+
+    `accept(row, token)` answers whether `token` may come next and, when it may, records it as that
+    row's next token. `forced(row)` names a token that must come next (or None).
+    """
+
+    def accept(self, row: int, token: int) -> bool:
+        return True
+
+    def forced(self, row: int) -> int | None:
+        return None
+
+
+class JpegConstraint(Constraint):
+    """Keep each row a viable prefix of a valid JPEG stream, and end it with EOS once it is complete.
+
+    `prefixes[row]` holds the codec bytes already in that row's prompt (BOS excluded). `header`, when
+    given, pins the start of every stream to these bytes (e.g. the headers through SOS of the
+    checkpoint's image size), so even an untrained model yields images of the trained size.
+    """
+
+    def __init__(self, tokenizer, prefixes: Sequence[bytes], header: bytes = b"") -> None:
+        from nanocodec.huffman import Validator
+
+        self.eos_id = tokenizer.eos_id
+        specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+        self.token_bytes = [b"" if i in specials else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+        self.header = bytes(header)
+        self.validators = []
+        self.lengths = []
+        for row, prefix in enumerate(prefixes):
+            validator = Validator()
+            if prefix and not validator.feed(bytes(prefix)):
+                raise ValueError(f"prompt of row {row} ({len(prefix)} bytes) is not a viable prefix of a valid JPEG stream")
+            if not _agrees(self.header, 0, bytes(prefix)):
+                raise ValueError(f"prompt of row {row} does not start with the pinned header")
+            self.validators.append(validator)
+            self.lengths.append(len(prefix))
+
+    def forced(self, row: int) -> int | None:
+        return self.eos_id if self.validators[row].done else None
+
+    def accept(self, row: int, token: int) -> bool:
+        validator = self.validators[row]
+        if token == self.eos_id:
+            return validator.done
+        chunk = self.token_bytes[token]
+        if not chunk or validator.done or not _agrees(self.header, self.lengths[row], chunk):
+            return False
+        trial = validator.clone()
+        if not trial.feed(chunk) or not (trial.done or _continues(trial)):
+            return False
+        self.validators[row] = trial
+        self.lengths[row] += len(chunk)
+        return True
+
+
+# Bytes that most often continue a scan (a stuffed or padding 0x00/0xFF, a marker), tried first.
+_PROBE_ORDER = bytes([0x00, 0xFF, *range(0xD0, 0xDA)]) + bytes(b for b in range(256) if b not in (0x00, 0xFF) and not 0xD0 <= b <= 0xD9)
+
+
+def _continues(validator, depth: int = 3) -> bool:
+    """Whether some next byte keeps the validator viable (looking through up to `depth` 0xFF bytes).
+
+    A prefix ending in 0xFF looks viable until the byte after it says whether the FF was data (FF 00)
+    or a marker, so a sampler that took it could be left with no valid next token: the lookahead
+    rules such prefixes out before they are taken.
+    """
+    for i in range(256):
+        probe = _PROBE_ORDER[i : i + 1]
+        trial = validator.clone()
+        if trial.feed(probe) and (trial.done or probe != b"\xff" or (depth > 1 and _continues(trial, depth - 1))):
+            return True
+    return False
+
+
+def _agrees(header: bytes, offset: int, chunk: bytes) -> bool:
+    """Whether `chunk`, placed at `offset` of a stream, matches the pinned header where they overlap."""
+    overlap = header[offset : offset + len(chunk)]
+    return chunk[: len(overlap)] == overlap
+
+
+def constrained_pick(
+    row: int,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    constraint: Constraint,
+    generator: torch.Generator | None,
+    temperature: float,
+) -> int | None:
+    """Sample from `probs`, rejecting what the constraint refuses and resampling among the rest.
+
+    When every token of the filtered distribution is refused, the search goes on in the unfiltered
+    softmax of `logits / temperature` (greedy: by descending logit), then in any token left, so a
+    constraint that always admits some token is always satisfied. None when no token is accepted.
+    """
+    greedy = temperature == 0
+    logits = logits.double().numpy()
+    tried = np.zeros(logits.shape[0], dtype=bool)
+    finite = np.isfinite(logits)
+    full = np.zeros_like(logits)
+    if finite.any():
+        full[finite] = np.exp((logits[finite] - logits[finite].max()) / (1.0 if greedy else temperature))
+    for dist in (probs.double().numpy(), full):
+        p = np.where(tried, 0.0, np.nan_to_num(dist, nan=0.0, posinf=0.0))
+        while True:
+            total = p.sum()
+            if total <= 0:
+                break
+            if greedy:
+                token = int(p.argmax())
+            else:
+                u = float(torch.rand((), generator=generator, dtype=torch.float64)) * total
+                token = min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(p) - 1)
+                if p[token] == 0:  # u landed on the boundary of a zero-mass tail
+                    token = int(np.flatnonzero(p)[-1])
+            if constraint.accept(row, token):
+                return token
+            tried[token] = True
+            p[token] = 0.0
+    for token in np.argsort(-logits, kind="stable"):
+        if not tried[token] and constraint.accept(row, int(token)):
+            return int(token)
+    return None
+
+
+@dataclass
+class Generation:
+    """What `generate` returns: per row the new tokens (EOS excluded) and whether EOS ended the row."""
+
+    tokens: list[list[int]]
+    finished: list[bool]
+    stuck: list[bool]
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int = 0,
+    banned: Iterable[int] = (),
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    constraint: Constraint | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> Generation:
+    """Continue every prompt (token ids, BOS included) until EOS or `max_new_tokens` new tokens.
+
+    Rows run in one batch through the model's KV cache (`make_cache`/`forward_cached`), or through a
+    full forward of the whole prefix at every step with `use_cache=False` (the reference the cache is
+    tested and benchmarked against). `banned` ids (BOS, PAD) are never sampled. Sampling happens on
+    the CPU with `generator`, so a seed gives the same samples on any device. A row whose constraint
+    admits no token at all stops there and is flagged `stuck`.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (BOS)")
+    lengths = [len(p) for p in prompts]
+    batch, start = len(prompts), min(lengths)
+    context = model.config.max_seq_len
+    if max(lengths) >= context:
+        raise ValueError(f"a prompt of {max(lengths)} tokens leaves no room in the model's context of {context}")
+    total = min(max(lengths) + max_new_tokens, context)
+    limits = [min(n + max_new_tokens, total) for n in lengths]
+    device = next(model.parameters()).device
+    tokens = torch.full((batch, total), pad_id, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.as_tensor(list(prompt), dtype=torch.long)
+    banned = sorted(set(banned))
+    out: list[list[int]] = [[] for _ in range(batch)]
+    finished, stuck = [False] * batch, [False] * batch
+    sampled = 0
+
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    cache = model.make_cache(batch, total) if use_cache else None
+
+    def step_logits(pos: int, new: int) -> torch.Tensor:
+        with autocast:
+            if cache is None:
+                logits, _ = model(tokens[:, :pos].to(device))
+            else:
+                logits = model.forward_cached(tokens[:, pos - new : pos].to(device), cache)
+        return logits[:, -1].float().cpu()
+
+    began = time.perf_counter()
+    logits = step_logits(start, start)
+    bar = tqdm(total=total - start, desc="sampling", unit="tok", disable=not progress, leave=False)
+    for pos in range(start, total):
+        live = {r for r in range(batch) if lengths[r] <= pos < limits[r] and not finished[r] and not stuck[r]}
+        if banned:
+            logits[:, banned] = float("-inf")
+        if constraint is None:
+            choice = sample_next(logits, temperature, top_k, top_p, generator).tolist()
+        else:
+            probs = filtered_probs(logits, temperature, top_k, top_p)
+            choice = [pad_id] * batch
+            for r in sorted(live):
+                forced = constraint.forced(r)
+                picked = forced if forced is not None else constrained_pick(r, logits[r], probs[r], constraint, generator, temperature)
+                if picked is None:
+                    stuck[r] = True
+                else:
+                    choice[r] = picked
+        for r in range(batch):
+            if pos < lengths[r]:
+                continue  # still inside this row's prompt: its own token, not a sample
+            if r in live and not stuck[r]:
+                tokens[r, pos] = choice[r]
+                sampled += 1
+                if choice[r] == eos_id:
+                    finished[r] = True
+                else:
+                    out[r].append(choice[r])
+            else:
+                tokens[r, pos] = pad_id
+        bar.update(1)
+        if pos + 1 == total or all(finished[r] or stuck[r] or pos + 1 >= limits[r] for r in range(batch)):
+            break
+        logits = step_logits(pos + 1, 1)
+    bar.close()
+    return Generation(out, finished, stuck, sampled, time.perf_counter() - began)
+
+
+@dataclass
+class Sample:
+    """One finished stream: the prompt's codec bytes, the whole stream, and its validity unrepaired."""
+
+    prompt: bytes
+    data: bytes
+    ok: bool
+    finished: bool
+
+
+@dataclass
+class Completions:
+    samples: list[Sample]
+    new_tokens: int
+    seconds: float
+    retried: int  # rows generated again because the constraint admitted no token (see `complete`)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def jpeg_settings(codec: dict) -> dict:
+    """The `nanocodec.jpeg.encode` settings in a data manifest's "codec" entry."""
+    return {k: codec[k] for k in ("size", "quality", "subsampling", "restart_blocks") if k in codec}
+
+
+def jpeg_header(codec: dict) -> bytes:
+    """The headers through SOS that every stream with these codec settings starts with (to pin)."""
+    from PIL import Image
+
+    from nanocodec import jpeg
+
+    if "size" not in codec:
+        raise ValueError(f"codec settings {codec} name no image size")
+    gray = Image.new("RGB", (codec["size"], codec["size"]), (128, 128, 128))
+    return jpeg.prompt(jpeg.encode(gray, **jpeg_settings(codec)), 0.0)
+
+
+def is_valid(kind: str, data: bytes) -> bool:
+    """Whether the codec's validator accepts `data` as it is (nanocodec.huffman / nanocodec.avc)."""
+    if kind == "jpeg":
+        from nanocodec import huffman
+
+        return huffman.validate(data).ok
+    if kind == "avc":
+        from nanocodec import avc
+
+        return avc.validate(data).ok
+    raise ValueError(f"unknown codec kind {kind!r} (expected 'jpeg' or 'avc')")
+
+
+def complete(
+    model: torch.nn.Module,
+    tokenizer,
+    prefixes: Sequence[bytes],
+    *,
+    kind: str = "jpeg",
+    header: bytes = b"",
+    constrain: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 16,
+    retries: int = 3,
+    progress: bool = False,
+) -> Completions:
+    """Continue each codec prefix (b"" for unconditional) into a whole stream, `batch_size` rows at a time.
+
+    Prompts are tokenized with BOS (the split pattern makes a prefix cut at an MCU or NAL boundary
+    tokenize to a prefix of the whole file's tokens). With `constrain` (JPEG only) every row is
+    kept a viable JPEG prefix and ends exactly when the stream is complete; `header` pins the start
+    of unconditional streams. A constrained row can only get stuck if the validator calls a dead
+    prefix viable; such a row is generated again, up to `retries` times, and counted. Every result
+    is checked with the codec's validator.
+    """
+    if constrain and kind != "jpeg":
+        raise ValueError(f"constrained decoding checks JPEG streams only; this is a {kind!r} model")
+    max_new_tokens = model.config.max_seq_len if max_new_tokens is None else max_new_tokens
+    banned = (tokenizer.bos_id, tokenizer.pad_id)
+    samples: list[Sample | None] = [None] * len(prefixes)
+    attempts = [0] * len(prefixes)
+    queue = list(range(len(prefixes)))
+    new_tokens, seconds, retried = 0, 0.0, 0
+    bar = tqdm(total=len(prefixes), desc="samples", unit="sample", disable=not progress)
+    while queue:
+        rows, queue = queue[:batch_size], queue[batch_size:]
+        chunk = [bytes(prefixes[i]) for i in rows]
+        prompts = [tokenizer.encode(p, bos=True) for p in chunk]
+        constraint = JpegConstraint(tokenizer, chunk, header) if constrain else None
+        out = generate(model, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                       banned=banned, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                       constraint=constraint, progress=progress)
+        new_tokens, seconds = new_tokens + out.new_tokens, seconds + out.seconds
+        for i, prefix, tokens, finished, stuck in zip(rows, chunk, out.tokens, out.finished, out.stuck):
+            attempts[i] += 1
+            if stuck and attempts[i] <= retries:
+                queue.append(i)
+                retried += 1
+                continue
+            data = prefix + tokenizer.decode(tokens)
+            samples[i] = Sample(prefix, data, is_valid(kind, data), finished)
+            bar.update(1)
+    bar.close()
+    return Completions(samples, new_tokens, seconds, retried)

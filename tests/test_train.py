@@ -1,0 +1,354 @@
+"""train.py and nanocodec.checkpoint: exact resume, DDP under torchrun, clear errors, atomic and safe
+checkpoints, bits per byte, signals and divergence. Runs use a tiny model on a tiny prepared folder."""
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nanocodec import checkpoint
+from nanocodec.bpe import Tokenizer
+from nanocodec.config import ConfigError
+from nanocodec.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model small enough that a step takes milliseconds; GQA and grad accumulation stay in play.
+TINY = ["--dim=32", "--n_layers=2", "--n_heads=2", "--n_kv_heads=1", "--context=32", "--batch_size=2",
+        "--warmup_steps=2", "--lr=3e-3", "--min_lr_ratio=0.1", "--eval_every=1000", "--samples=0", "--max_minutes=0"]
+
+
+def load_train():
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module  # dataclasses and the config parser look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_train()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls gain nothing from threads, and on a loaded machine OpenMP barriers make them 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A real prepared folder: 40 small smooth images with noise, as JPEG tokens."""
+    root = tmp_path_factory.mktemp("train_data")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48]
+    for i in range(40):
+        base = np.stack([np.sin(xx / (3 + i % 7) + c) * np.cos(yy / (4 + i % 5)) for c in range(3)], -1)
+        pixels = np.clip(128 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"img{i:02d}.png")
+    out = root / "data"
+    prepare("jpeg", str(images), out, size=32, merges=24, tokenizer_docs=40, val_fraction=0.25, workers=1)
+    return out
+
+
+def run(data: Path, out: Path, *extra: str):
+    return train.main([f"--data={data}", f"--out_dir={out}", *TINY, *extra])
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in train.read_log(out / "log.jsonl") if "loss" in r]
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    # 128 tokens per step = 2 micro-batches of 2 x 32: gradient accumulation is part of the state.
+    straight = run(data, tmp_path / "straight", "--max_steps=6", "--tokens_per_step=128")
+    run(data, tmp_path / "halves", "--max_steps=3", "--lr_decay_steps=6", "--tokens_per_step=128")
+    resumed = train.main([f"--out_dir={tmp_path / 'halves'}", "--resume", "--max_steps=6"])
+    assert losses(tmp_path / "halves") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 6
+    assert checkpoint.load_config(tmp_path / "halves")["train"]["grad_accum"] == 2
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_holds_everything_inference_needs(data, tmp_path):
+    model = run(data, tmp_path / "run", "--max_steps=2", "--samples=2")
+    bundle = checkpoint.load_for_inference(tmp_path / "run")
+    x = torch.randint(0, bundle.tokenizer.vocab_size, (2, 16))
+    torch.testing.assert_close(bundle.model(x)[0], model.eval()(x)[0])
+    config = bundle.config
+    manifest_text = (data / "manifest.json").read_text()
+    assert config["version"] == 1 and config["step"] == 2 and config["kind"] == "jpeg"
+    assert config["codec"]["size"] == 32
+    assert config["data"]["manifest_sha256"] == hashlib.sha256(manifest_text.encode()).hexdigest()
+    assert config["model"]["dim"] == 32 and config["train"]["max_steps"] == 2
+    assert bundle.tokenizer.sha256 == Tokenizer.load(data / "tokenizer.json").sha256
+    assert bundle.manifest == json.loads(manifest_text)
+    for picture in ("loss.png", "samples.png"):
+        assert Image.open(tmp_path / "run" / picture).size[0] > 30
+    final = train.read_log(tmp_path / "run" / "log.jsonl")[-1]
+    assert final["final"] and 0 < final["val_bpb"] < 8.5
+
+
+def test_bits_per_byte_by_hand(data):
+    """A model with a zero output layer predicts uniformly: every target costs ln(V) nats."""
+    tok = Tokenizer.load(data / "tokenizer.json")
+    model = train.Llama(train.model_config(train.parse(train.TrainConfig, TINY), vocab_size=tok.vocab_size))
+    torch.nn.init.zeros_(model.output.weight)
+    manifest = json.loads((data / "manifest.json").read_text())
+    targets = codec_bytes = 0
+    for n in range(manifest["splits"]["val"]["shards"]):
+        offsets = np.fromfile(data / f"val_{n:04d}.idx", dtype="<i8")
+        tokens = np.fromfile(data / f"val_{n:04d}.bin", dtype="<u2")
+        for start, end in zip(offsets[:-1], offsets[1:]):
+            targets += end - start - 1  # every token of <bos> doc <eos> but the <bos>
+            codec_bytes += len(tok.decode(tokens[start:end].tolist()))
+    expected = targets * math.log(tok.vocab_size) / math.log(2) / codec_bytes
+    cfg = train.parse(train.TrainConfig, TINY)
+    rt = train.Runtime(0, 1, torch.device("cpu"), False)
+    full = train.evaluate(model, data, cfg, rt)
+    assert full["val_targets"] == targets
+    assert full["val_loss"] == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
+    assert full["val_bpb"] == pytest.approx(expected, rel=1e-6)
+    # A partial pass extrapolates at the split's tokens per byte: exact for a uniform model.
+    assert train.evaluate(model, data, cfg, rt, max_batches=1)["val_bpb"] == pytest.approx(expected, rel=1e-6)
+    assert train.bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
+
+
+def test_schedule_warms_up_then_follows_a_cosine_in_steps_or_minutes():
+    steps = train.TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110, max_minutes=0)
+    assert [train.lr_at(steps, s, 0.0) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert [train.lr_at(steps, s, 0.0) for s in (10, 60, 110, 500)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    minutes = train.TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=0, max_steps=0, max_minutes=10)
+    assert [train.lr_at(minutes, 7, m) for m in (0.0, 5.0, 10.0)] == pytest.approx([1.0, 0.55, 0.1])
+    assert train.load_config(["--preset=small"]).lr == 3e-4  # the paper's, unless the preset says otherwise
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus=1"], "unknown option --bogus"),
+        (["--max_steps=ten"], "--max_steps: expected int, got 'ten'"),
+        (["--max_steps=0", "--max_minutes=0"], "set --max_steps or --max_minutes"),
+        (["--batch_size=0"], "--batch_size must be positive"),
+        (["--preset=huge"], "unknown model preset 'huge'"),
+        (["--n_heads=3"], "split into 3 heads"),
+        (["--data=/nonexistent/folder"], "no manifest.json"),
+    ],
+)
+def test_bad_overrides_fail_clearly(tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        train.main([f"--out_dir={tmp_path}", *argv])
+
+
+def test_bad_override_on_the_command_line():
+    result = subprocess.run([sys.executable, "train.py", "--max_step=5"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "train.py: unknown option --max_step; known options:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint directory"):
+        train.main([f"--out_dir={tmp_path / 'nothing'}", "--resume"])
+
+
+@pytest.fixture(scope="module")
+def saved(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("saved") / "run"
+    run(data, out, "--max_steps=2")
+    return out
+
+
+def test_resume_with_other_model_settings_fails_clearly(saved, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    with pytest.raises(ConfigError, match=r"model settings differ from the checkpoint in .*: dim=64 \(checkpoint: 32\)"):
+        train.main([f"--out_dir={copy}", "--resume", "--dim=64"])
+
+
+def corrupt_copy(saved: Path, tmp_path: Path, name: str, content: bytes) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("model.safetensors", b"\x00garbage" * 10, "model.safetensors: not a readable safetensors file"),
+        ("config.json", b"{not json", "config.json: not readable JSON"),
+        ("config.json", json.dumps({"version": 99}).encode(), "unknown checkpoint version 99"),
+        ("tokenizer.json", b"[1, 2]", "tokenizer.json"),
+        ("manifest.json", b"{}", "manifest.json: missing or not the manifest"),
+    ],
+)
+def test_corrupt_checkpoint_fails_clearly(saved, tmp_path, name, content, message):
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_for_inference(corrupt_copy(saved, tmp_path, name, content))
+
+
+def test_corrupt_state_fails_clearly(saved, tmp_path):
+    copy = corrupt_copy(saved, tmp_path, "state.pt", (saved / "state.pt").read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="state.pt: not a readable training state"):
+        checkpoint.load_training(copy)
+
+
+def test_weights_of_another_model_fail_clearly(saved, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["dim"] = 64
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match="weights do not fit the model"):
+        checkpoint.load_for_inference(copy)
+
+
+def test_interrupted_saves_leave_a_loadable_checkpoint(data, saved, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(saved, out)
+    step2 = checkpoint.load_for_inference(out).model.state_dict()
+    _, weights, state = checkpoint.load_training(out)
+    meta = dict(model_config=checkpoint.load_config(out)["model"], train_config={}, data_dir=data)
+    new_weights = {k: v + 1 for k, v in weights.items()}
+
+    # Killed while writing: the directory still holds step 2, untouched.
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.torch, "save", die)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(out, new_weights, state, step=3, **meta)
+    assert checkpoint.load_config(out)["step"] == 2
+
+    # Killed between the renames: new weights in place, old config.json; the previous copy serves.
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.os, "replace", replace_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(out, new_weights, state, step=3, **meta)
+    with pytest.warns(UserWarning, match="using the previous checkpoint"):
+        restored = checkpoint.load_for_inference(out).model.state_dict()
+    for name, value in step2.items():
+        assert torch.equal(restored[name], value), name
+
+    # Killed again the same way: the last whole checkpoint is still the fallback.
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.os, "replace", replace_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(out, new_weights, state, step=4, **meta)
+    with pytest.warns(UserWarning, match="using the previous checkpoint"):
+        assert checkpoint.load_training(out)[2]["step"] == 2
+
+    # The next complete save wins again.
+    checkpoint.save(out, new_weights, state, step=3, **meta)
+    assert checkpoint.load_training(out)[2]["step"] == 3
+    assert not (out / "previous").exists() and not (out / ".staging").exists()
+
+
+def test_divergence_stops_without_overwriting(data, tmp_path):
+    out = tmp_path / "run"
+    message = r"step \d+: loss .* stopping without saving; the last good checkpoint, step \d+, is in"
+    with pytest.raises(train.TrainingDiverged, match=message):
+        run(data, out, "--max_steps=50", "--lr=1e6", "--min_lr_ratio=0", "--warmup_steps=0", "--ckpt_every=1")
+    config, weights, _ = checkpoint.load_training(out)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    last = train.read_log(out / "log.jsonl")[-1]
+    assert last["step"] == config["step"] and math.isfinite(last["loss"])
+
+
+def test_sigterm_saves_and_exits(data, tmp_path):
+    out = tmp_path / "run"
+
+    log = out / "log.jsonl"
+
+    def terminate_after_a_few_steps():
+        while not log.exists() or len(train.read_log(log)) < 3:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=terminate_after_a_few_steps, daemon=True).start()
+    run(data, out, "--max_steps=100000")
+    step = checkpoint.load_config(out)["step"]
+    assert 3 <= step < 100000
+    assert train.read_log(log)[-1]["step"] == step
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+WORKER = """
+import importlib.util, os, sys, torch
+spec = importlib.util.spec_from_file_location("train", {train!r})
+train = importlib.util.module_from_spec(spec)
+sys.modules["train"] = train
+spec.loader.exec_module(train)
+model = train.main(sys.argv[1:])
+torch.save(model.state_dict(), os.path.join({out!r}, "rank%s.pt" % os.environ["RANK"]))
+"""
+
+
+def test_torchrun_ddp_on_cpu_matches_one_process(data, tmp_path):
+    """Two gloo ranks of batch 2 see the samples one process of batch 4 sees: same losses, and both
+    ranks end with identical parameters."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER.format(train=str(ROOT / "train.py"), out=str(tmp_path)))
+    args = [f"--data={data}", *TINY, "--max_steps=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+         f"--out_dir={tmp_path / 'ddp'}", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    single = train.main([*args, f"--out_dir={tmp_path / 'single'}", "--batch_size=4"])
+    np.testing.assert_allclose(losses(tmp_path / "ddp"), losses(tmp_path / "single"), rtol=1e-5)
+    # The two ranks split the val batches (one of them idle in the last round) yet count every target once.
+    finals = [train.read_log(tmp_path / run / "log.jsonl")[-1] for run in ("ddp", "single")]
+    assert finals[0]["val_targets"] == finals[1]["val_targets"]
+    assert finals[0]["val_bpb"] == pytest.approx(finals[1]["val_bpb"], rel=1e-5)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_fsdp_on_cpu_trains_saves_and_resumes(data, tmp_path):
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+            f"--out_dir={out}"]
+    first = subprocess.run([*base, f"--data={data}", *TINY, "--fsdp", "--max_steps=3"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run([*base, "--resume", "--max_steps=5"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["step"] for r in train.read_log(out / "log.jsonl") if "loss" in r] == [1, 2, 3, 4, 5]
+    bundle = checkpoint.load_for_inference(out)
+    assert bundle.config["step"] == 5 and bundle.config["train"]["fsdp"]
+    assert all(torch.isfinite(p).all() for p in bundle.model.parameters())

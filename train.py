@@ -1,0 +1,579 @@
+"""Train a Llama on codec tokens, from one laptop core to many GPU nodes.
+
+    python train.py                                   # the demo: tiny model, demo JPEGs, CPU, minutes
+    python train.py --data=data/imagenet --preset=small --max_minutes=0 --max_steps=20000
+    torchrun --nproc_per_node=8 train.py --data=... --preset=1b --fsdp
+    python train.py --out_dir=out/demo --resume --max_steps=4000
+
+Every setting is a field of TrainConfig below; `--key=value` or `--key value` overrides it (booleans
+also as bare flags) and unknown keys are rejected. One process trains on CUDA if present, else CPU;
+under torchrun the processes use DDP (NCCL on GPU, gloo on CPU), or FSDP2 with --fsdp. Checkpoints
+(nanocodec.checkpoint) resume exactly; SIGTERM/SIGINT save and exit; a NaN/inf loss stops the run
+without overwriting the last good checkpoint. The run logs to OUT_DIR/log.jsonl and ends with
+OUT_DIR/loss.png and, for JPEG data, OUT_DIR/samples.png.
+Owns the training loop and its evaluation (val loss and bits per byte of the codec stream); the
+model, data loading, checkpoint files and sampling live in nanocodec/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanocodec import checkpoint
+from nanocodec.bpe import BpeError, Tokenizer
+from nanocodec.config import ConfigError, parse
+from nanocodec.data import DataError, TokenStream, codec_bytes, val_batches
+from nanocodec.model import Llama, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # model: a preset of nanocodec.model, and overrides of its fields (None keeps the preset's value)
+    preset: str = "tiny"
+    dim: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    ffn_dim: int | None = None
+    rope_theta: float | None = None
+    # data: a folder made by `python -m nanocodec.prepare`, or "demo" (data/demo, prepared on first use)
+    data: str = "demo"
+    context: int = 1024  # tokens per sequence (the paper: 12K for JPEG, 32K for AVC)
+    batch_size: int = 8  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    tokens_per_step: int = 0  # if set, grad_accum follows from it: tokens_per_step / (batch_size * context * processes)
+    # optimizer and schedule: AdamW, linear warmup, cosine decay to lr * min_lr_ratio
+    lr: float | None = None  # peak learning rate; None: the preset's, from LEARNING_RATES below
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    lr_decay_steps: int = 0  # where the cosine ends; 0: at max_steps, or at max_minutes if only that is set
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    # run length: the run stops at whichever limit comes first; 0 disables a limit
+    max_steps: int = 0
+    max_minutes: float = 6.5  # the demo's budget: with data preparation and sampling, under 10 min on 2 cores
+    # evaluation, checkpoints, output
+    eval_every: int = 100
+    eval_batches: int = 0  # val batches per periodic evaluation; 0: the whole val split (the final one always is)
+    ckpt_every: int = 200
+    out_dir: str = "out/demo"
+    resume: bool = False  # continue from the checkpoint in out_dir with its settings, updated by these overrides
+    samples: int = 16  # unconditional samples drawn into out_dir/samples.png at the end; 0: none
+    # system
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    compile: bool = False  # torch.compile the training step
+    fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (under torchrun)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30% more compute
+
+
+# The paper's peak learning rate, 3e-4, for the sizes it trains. The tiny demo takes a few hundred
+# steps, where more is better: at 150 steps 3e-4 / 1e-3 / 2e-3 reach 6.66 / 6.54 / 6.50 val bits
+# per byte, and 2e-3 spikes once; 1e-3 is the safe side of that.
+LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "1b": 3e-4, "7b": 3e-4}
+MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta")
+# Dense bf16 peak FLOP/s per GPU for MFU; other devices show no MFU rather than a wrong one.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or inf."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """Defaults + overrides; with --resume, the checkpoint's settings + overrides."""
+    cfg = parse(TrainConfig, argv)
+    if cfg.resume:
+        saved = checkpoint.load_config(cfg.out_dir)["train"]
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = parse(TrainConfig, argv, base=TrainConfig(**{k: v for k, v in saved.items() if k in known}))
+        cfg.resume = True
+    if cfg.max_steps <= 0 and cfg.max_minutes <= 0:
+        raise ConfigError("set --max_steps or --max_minutes (both are 0: the run would never end)")
+    for key in ("context", "batch_size", "grad_accum", "eval_every", "ckpt_every"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"--{key} must be positive, got {getattr(cfg, key)}")
+    model_config(cfg, ModelConfig.vocab_size)  # fail on bad model settings before any data work
+    if cfg.lr is None:
+        cfg.lr = LEARNING_RATES[cfg.preset]
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {cfg.lr} and {cfg.min_lr_ratio}")
+    return cfg
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS if getattr(cfg, k) is not None}
+    try:
+        return ModelConfig.preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.context, **overrides)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def lr_at(cfg: TrainConfig, step: int, minutes: float) -> float:
+    """Linear warmup over warmup_steps, then cosine from lr to lr * min_lr_ratio over the run's
+    progress, which is measured in steps or, for a run limited only by time, in minutes."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    if decay_steps:
+        progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    else:
+        progress = minutes / cfg.max_minutes
+    progress = min(max(progress, 0.0), 1.0)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+# ----------------------------------------------------------------------------- processes and data
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+    distributed: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    device_name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if "WORLD_SIZE" not in os.environ:
+        if cfg.fsdp:
+            raise ConfigError("--fsdp needs several processes: launch with torchrun --nproc_per_node=N")
+        return Runtime(0, 1, torch.device(device_name), False)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_name.startswith("cuda"):
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device(device_name)
+        dist.init_process_group("gloo")
+    return Runtime(rank, world, device, True)
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()
+
+
+def data_folder(cfg: TrainConfig, rt: Runtime) -> Path:
+    """The prepared data folder; "demo" is prepared into data/demo on first use (by rank 0)."""
+    if cfg.data != "demo":
+        path = Path(cfg.data)
+        if not (path / "manifest.json").is_file():
+            raise ConfigError(f"--data={cfg.data}: no manifest.json there; make the folder with python -m nanocodec.prepare")
+        return path
+    path = Path("data/demo")
+    if rt.main and not (path / "manifest.json").is_file():
+        from nanocodec.prepare import prepare
+
+        print(f"preparing the demo data in {path} (once)", flush=True)
+        prepare(kind="jpeg", source="demo", out=str(path))
+    barrier(rt)
+    return path
+
+
+def all_sum(values: list[float], rt: Runtime) -> list[float]:
+    """Element-wise sum over processes, in float64 (and the identity for one process)."""
+    if not rt.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+
+def build_model(mc: ModelConfig, cfg: TrainConfig, rt: Runtime) -> Llama:
+    if not cfg.fsdp:
+        with rt.device:
+            model = Llama(mc)
+    else:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        with torch.device("meta"):  # a 7B model is never materialised whole on one device
+            model = Llama(mc)
+        bf16 = torch.bfloat16 if rt.device.type == "cuda" else None  # bf16 compute, fp32 reduction; CPU stays fp32
+        policy = MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=torch.float32 if bf16 else None)
+        for block in model.layers:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        model.to_empty(device=rt.device)
+        # Each rank draws its own shard; with one seed the shards of a matrix would repeat each other.
+        torch.manual_seed(cfg.seed + rt.rank)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="DTensor random operators")
+            model.init_weights()
+        torch.manual_seed(cfg.seed)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    return model
+
+
+def make_optimizer(model: Llama, cfg: TrainConfig, rt: Runtime) -> torch.optim.AdamW:
+    # Weight decay on matrices only: decaying norm gains toward 0 only fights the normalisation.
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=rt.device.type == "cuda")
+
+
+def state_dicts(model: Llama, optimizer, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state on CPU; under FSDP only rank 0 gets them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_state_dicts(model: Llama, optimizer, weights: dict, optim_state: dict, cfg: TrainConfig) -> None:
+    """Load full state into the model and optimizer; under FSDP rank 0 holds it and broadcasts the
+    shards (so a 7B checkpoint is read once, not once per GPU)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=cfg.fsdp)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def bits_per_byte(total_nats: float, codec_bytes: int) -> float:
+    """Cross-entropy of the codec stream in bits per byte of it (8.0 = uniform over byte values)."""
+    return total_nats / math.log(2) / codec_bytes
+
+
+@torch.no_grad()
+def evaluate(model: Llama, data_dir: Path, cfg: TrainConfig, rt: Runtime, max_batches: int = 0) -> dict:
+    """Val loss (nats per target token) and bits per byte over the val split, or its first
+    `max_batches` batches; the processes share the batches."""
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.device.type == "cuda")
+    batches = itertools.islice(val_batches(data_dir, cfg.context, cfg.batch_size), max_batches or None)
+    nats, targets = torch.zeros((), dtype=torch.float64), 0
+    while group := list(itertools.islice(batches, rt.world)):
+        # One batch per process; every process runs a forward (FSDP needs them in step), and one
+        # left without a batch of its own in the last group recomputes the first and counts nothing.
+        mine = rt.rank < len(group)
+        x, y = (t.to(rt.device) for t in group[rt.rank if mine else 0])
+        with autocast:
+            logits, _ = model(x)
+        if mine:
+            nats += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").double().cpu()
+            targets += int((y != -100).sum())
+    total_nats, total_targets = all_sum([float(nats), float(targets)], rt)
+    model.train(was_training)
+    split = json.loads((data_dir / "manifest.json").read_text())["splits"]["val"]
+    all_targets = split["tokens"] - split["documents"]  # every token but each document's <bos>
+    if total_targets == 0:
+        return {"val_loss": float("nan"), "val_bpb": float("nan"), "val_targets": 0}
+    # A partial pass scales to the whole split at the split's own tokens-per-byte.
+    covered_bytes = codec_bytes(data_dir, "val") * total_targets / all_targets
+    return {
+        "val_loss": total_nats / total_targets,
+        "val_bpb": bits_per_byte(total_nats, covered_bytes),
+        "val_targets": int(total_targets),
+    }
+
+
+# ----------------------------------------------------------------------------- logs and pictures
+
+
+def read_log(path: Path, upto_step: int | None = None) -> list[dict]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if upto_step is None or r["step"] <= upto_step]
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    raw = (hi - lo) / n
+    magnitude = 10 ** math.floor(math.log10(raw))
+    spacing = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / spacing) * spacing
+    return [first + i * spacing for i in range(int((hi - first) / spacing + 1e-9) + 1)]
+
+
+def plot_losses(records: list[dict], path: Path) -> None:
+    """Train loss (line) and val loss (dots) against step, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r and math.isfinite(r["val_loss"])]
+    if not train:
+        return
+    W, H, left, right, top, bottom = 800, 500, 70, 20, 30, 50
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    points = train + val
+    x0, x1 = min(s for s, _ in points), max(s for s, _ in points)
+    y0, y1 = min(v for _, v in points), max(v for _, v in points)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-3)
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return (left + (step - x0) / (x1 - x0) * (W - left - right), top + (y1 - value) / (y1 - y0) * (H - top - bottom))
+
+    draw.rectangle([left, top, W - right, H - bottom], outline="black")
+    for value in nice_ticks(y0, y1):
+        y = xy(x0, value)[1]
+        draw.line([left - 5, y, left, y], fill="black")
+        draw.text((5, y - 6), f"{value:.4g}", fill="black")
+    for step in nice_ticks(x0, x1):
+        x = xy(step, y0)[0]
+        draw.line([x, H - bottom, x, H - bottom + 5], fill="black")
+        draw.text((x - 10, H - bottom + 8), f"{step:g}", fill="black")
+    draw.text((W // 2 - 15, H - 18), "step", fill="black")
+    draw.line([xy(*p) for p in train] if len(train) > 1 else [xy(*train[0])] * 2, fill=(31, 119, 180), width=2)
+    for p in val:
+        x, y = xy(*p)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40))
+    draw.text((left + 10, top - 20), "train loss (line) and val loss (dots), nats per token", fill="black")
+    img.save(path)
+
+
+def sample_grid(ckpt_dir: Path, cfg: TrainConfig, device: torch.device, path: Path) -> str:
+    """Draw cfg.samples unconditional samples from the saved checkpoint into a PNG grid of repaired
+    decodes; returns a one-line summary."""
+    from PIL import Image
+
+    from nanocodec import huffman, jpeg
+    from nanocodec.sampling import generate
+
+    bundle = checkpoint.load_for_inference(ckpt_dir, device)
+    if bundle.config.get("kind") != "jpeg":
+        return "samples: the grid is drawn for JPEG data only; use sample.py for video"
+    tok, codec = bundle.tokenizer, bundle.config["codec"]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    result = generate(
+        bundle.model, [[tok.bos_id]] * cfg.samples, max_new_tokens=bundle.model.config.max_seq_len - 1,
+        eos_id=tok.eos_id, pad_id=tok.pad_id, banned=[tok.bos_id, tok.pad_id], temperature=1.0, top_k=40,
+        top_p=0.9, generator=generator, progress=True,
+    )
+    size = codec.get("size", 64)
+    images, valid, mcus, total_mcus = [], 0, 0, 0
+    for ids in result.tokens:
+        data = tok.decode(ids)
+        report = huffman.validate(data)
+        valid, mcus, total_mcus = valid + report.ok, mcus + report.mcus, total_mcus + report.total_mcus
+        try:
+            im = jpeg.decode(data, quality=codec["quality"], subsampling=codec["subsampling"], repair=True)
+        except (jpeg.InvalidJPEG, huffman.RepairError):
+            im = Image.new("RGB", (size, size), "gray")  # no frame header to repair from: a gray tile
+        images.append(im.resize((size, size)))
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * (size + 2) + 2, rows * (size + 2) + 2), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, (2 + (i % cols) * (size + 2), 2 + (i // cols) * (size + 2)))
+    grid.save(path)
+    share = f"{mcus / total_mcus:.0%}" if total_mcus else "none"
+    return (f"samples: {len(images)} drawn, {valid} valid without repair, MCUs valid before the first error: "
+            f"{share}; {result.tokens_per_second:.0f} tok/s -> {path} "
+            f"(valid by construction: python sample.py --ckpt={ckpt_dir} --constrain)")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def main(argv: list[str]) -> Llama:
+    """Run training as configured by `argv`; returns the trained model (sharded under FSDP)."""
+    cfg = load_config(argv)
+    rt = setup_runtime(cfg)
+    try:
+        return train(cfg, rt)
+    finally:
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, rt: Runtime) -> Llama:
+    out = Path(cfg.out_dir)
+    if cfg.tokens_per_step:
+        cfg.grad_accum = max(1, round(cfg.tokens_per_step / (cfg.batch_size * cfg.context * rt.world)))
+    data_dir = data_folder(cfg, rt)
+    vocab_size = Tokenizer.load(data_dir / "tokenizer.json").vocab_size
+    mc = model_config(cfg, vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = build_model(mc, cfg, rt)
+    optimizer = make_optimizer(model, cfg, rt)
+    stream = TokenStream(data_dir, "train", cfg.context, cfg.batch_size, rank=rt.rank, world_size=rt.world, seed=cfg.seed)
+
+    step, minutes_before = 0, 0.0
+    if cfg.resume:
+        saved, weights, state = checkpoint.load_training(out, weights=rt.main or not cfg.fsdp)
+        differ = [f"{k}={v} (checkpoint: {saved['model'].get(k)})"
+                  for k, v in dataclasses.asdict(mc).items() if saved["model"].get(k) != v]
+        if differ:
+            raise ConfigError(f"--resume: the model settings differ from the checkpoint in {out}: {', '.join(differ)}")
+        optim_state = state["optimizer"] if rt.main or not cfg.fsdp else {}
+        load_state_dicts(model, optimizer, weights, optim_state, cfg)
+        step, minutes_before = state["step"], state["minutes"]
+        stream.load_state_dict(state["data"])  # the same on every rank, whatever the world size
+        if len(state["rng"]) == rt.world:
+            torch.set_rng_state(state["rng"][rt.rank])
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    if rt.main:  # lines past the checkpoint belong to a run that died: drop them
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in (read_log(log_path, step) if cfg.resume else [])))
+
+    ddp = None
+    if rt.distributed and not cfg.fsdp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The only buffers are the RoPE tables, identical everywhere: no need to resend them every step.
+        options = inspect.signature(DistributedDataParallel).parameters
+        no_resend = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"  # torch < 2.13
+        device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=device_ids, **{no_resend: False})
+    step_fn = ddp if ddp is not None else model
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.device.type == "cuda")
+    tokens_per_step = cfg.batch_size * cfg.context * cfg.grad_accum * rt.world
+    flops_per_step = model.flops_per_token(cfg.context) * tokens_per_step
+    gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else ""
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
+    if rt.main:
+        print(f"model {cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; "
+              f"{tokens_per_step} tokens per step on {rt.world} x {rt.device}", flush=True)
+
+    stop_signal: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_step = step if cfg.resume else -1
+
+    def save() -> None:
+        nonlocal saved_step
+        weights, optim_state = state_dicts(model, optimizer, cfg)
+        rng = [torch.get_rng_state()]
+        if rt.distributed:
+            rng = [None] * rt.world
+            dist.all_gather_object(rng, torch.get_rng_state())
+        if rt.main:
+            state = {"optimizer": optim_state, "minutes": minutes, "data": stream.state_dict(), "rng": rng}
+            checkpoint.save(out, weights, state, step=step, model_config=dataclasses.asdict(mc),
+                            train_config=dataclasses.asdict(cfg), data_dir=data_dir)
+        barrier(rt)
+        saved_step = step
+
+    def log(record: dict) -> None:
+        if rt.main:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    started = time.perf_counter()
+    minutes = minutes_before
+    bar = tqdm(total=cfg.max_steps or None, initial=step, desc="train", unit="step", disable=not rt.main, dynamic_ncols=True)
+    model.train()
+    tok_s, stopped = 0.0, False
+    try:
+        while not (cfg.max_steps and step >= cfg.max_steps) and not (cfg.max_minutes and minutes >= cfg.max_minutes):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, step, minutes)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=rt.device)
+            for micro in range(cfg.grad_accum):
+                last = micro == cfg.grad_accum - 1
+                x, y = next(stream)
+                if rt.device.type == "cuda":
+                    x, y = (t.pin_memory().to(rt.device, non_blocking=True) for t in (x, y))
+                if cfg.fsdp:
+                    model.set_requires_gradient_sync(last)
+                with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast:
+                    _, loss = step_fn(x, y)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            elapsed = minutes_before + (time.perf_counter() - started) / 60
+            loss_total, stops, elapsed_total = all_sum([float(loss_sum) / cfg.grad_accum, len(stop_signal), elapsed], rt)
+            train_loss, minutes = loss_total / rt.world, elapsed_total / rt.world
+            if not (math.isfinite(train_loss) and math.isfinite(float(grad_norm))):
+                where = f"the last good checkpoint, step {saved_step}, is in {out}" if saved_step >= 0 else "no checkpoint was saved"
+                raise TrainingDiverged(f"step {step + 1}: loss {train_loss}, gradient norm {float(grad_norm)}; "
+                                       f"stopping without saving; {where}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            tok_s = tokens_per_step / dt if tok_s == 0 else 0.9 * tok_s + 0.1 * tokens_per_step / dt
+            record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
+                      "tokens": step * tokens_per_step, "tok_s": tokens_per_step / dt, "minutes": minutes}
+            postfix = {"loss": f"{train_loss:.4f}", "tok/s": f"{tok_s:.0f}"}
+            if peak:
+                record["mfu"] = flops_per_step / dt / (peak * rt.world)
+                postfix["mfu"] = f"{record['mfu']:.1%}"
+            if step % cfg.eval_every == 0:
+                record.update(evaluate(model, data_dir, cfg, rt, cfg.eval_batches))
+                postfix["val_bpb"] = f"{record['val_bpb']:.3f}"
+            log(record)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if stops:
+                stopped = True
+                break
+            if step % cfg.ckpt_every == 0:
+                save()
+        bar.close()
+        if step != saved_step:
+            save()
+    finally:
+        bar.close()
+        for s, handler in handlers.items():  # from here on Ctrl-C interrupts as usual
+            signal.signal(s, handler)
+    if stopped:
+        if rt.main:
+            print(f"stopped by signal at step {step}; checkpoint saved in {out}", flush=True)
+        return model
+    final = evaluate(model, data_dir, cfg, rt)
+    log({"step": step, "final": True, **final})
+    if rt.main:
+        print(f"step {step}: val loss {final['val_loss']:.4f} nats/token, val bits per byte {final['val_bpb']:.4f} "
+              f"(uniform over bytes: 8.0); checkpoint in {out}", flush=True)
+        plot_losses(read_log(log_path), out / "loss.png")
+        if cfg.samples > 0:
+            print(sample_grid(out, cfg, rt.device, out / "samples.png"), flush=True)
+    return model
+
+
+if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        print("settings (TrainConfig) and their defaults:")
+        for field in dataclasses.fields(TrainConfig):
+            print(f"  --{field.name}={field.default}")
+        sys.exit(0)
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged) as e:
+        sys.exit(f"train.py: {e}")
