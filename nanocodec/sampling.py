@@ -132,30 +132,11 @@ class JpegConstraint(Constraint):
         if not chunk or validator.done or not _agrees(self.header, self.lengths[row], chunk):
             return False
         trial = validator.clone()
-        if not trial.feed(chunk) or not (trial.done or _continues(trial)):
+        if not trial.feed(chunk):  # feed refuses any prefix that no byte could continue
             return False
         self.validators[row] = trial
         self.lengths[row] += len(chunk)
         return True
-
-
-# Bytes that most often continue a scan (a stuffed or padding 0x00/0xFF, a marker), tried first.
-_PROBE_ORDER = bytes([0x00, 0xFF, *range(0xD0, 0xDA)]) + bytes(b for b in range(256) if b not in (0x00, 0xFF) and not 0xD0 <= b <= 0xD9)
-
-
-def _continues(validator, depth: int = 3) -> bool:
-    """Whether some next byte keeps the validator viable (looking through up to `depth` 0xFF bytes).
-
-    A prefix ending in 0xFF looks viable until the byte after it says whether the FF was data (FF 00)
-    or a marker, so a sampler that took it could be left with no valid next token: the lookahead
-    rules such prefixes out before they are taken.
-    """
-    for i in range(256):
-        probe = _PROBE_ORDER[i : i + 1]
-        trial = validator.clone()
-        if trial.feed(probe) and (trial.done or probe != b"\xff" or (depth > 1 and _continues(trial, depth - 1))):
-            return True
-    return False
 
 
 def _agrees(header: bytes, offset: int, chunk: bytes) -> bool:
