@@ -447,14 +447,11 @@ def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
                     scale: float | None = None) -> torch.Tensor:
     """The same attention in plain PyTorch (SDPA), for CPUs and as the readable reference."""
     check_attention_inputs(q, k, v)
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
     tq, tk = q.shape[2], k.shape[2]
     mask = None
-    if causal and tq != tk:
+    if causal and 1 < tq != tk:  # one query (a decode step) sees every key: no mask at all
         mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                          is_causal=causal and tq == tk,
-                                          scale=_resolve_scale(q, scale))
+                                          is_causal=causal and tq == tk > 1,
+                                          scale=_resolve_scale(q, scale),
+                                          enable_gqa=q.shape[1] != k.shape[1])
