@@ -26,3 +26,16 @@ def poison(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: nan(real_empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: nan(real_empty_like(*a, **kw)))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+
+    Tiny matmuls gain nothing from threads, and on a loaded machine OpenMP barriers make them 30x
+    slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

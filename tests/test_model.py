@@ -12,13 +12,7 @@ from nanocodec.bench.train import PlainLlama
 from nanocodec.model import PRESETS, Llama, ModelConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a loaded machine OpenMP barriers make them 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**overrides) -> ModelConfig:
