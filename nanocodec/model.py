@@ -123,14 +123,14 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(c.dim, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
 
-    def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.wqkv(x).split((q_size, kv_size, kv_size), dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, k, cos, sin, positions)
+        q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = attention(q, k, v, causal=True)
@@ -158,8 +158,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.feed_forward = FeedForward(c)
 
-    def forward(self, x, cos, sin, positions=None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, positions, cache)
+    def forward(self, x, cos, sin, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -234,10 +234,11 @@ class Llama(nn.Module):
             raise ValueError(f"KV cache was made for {cache.batch_size} rows, got a batch of {B}")
         if cache.pos + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens: {cache.pos} used, {T} more do not fit")
-        positions = torch.arange(cache.pos, cache.pos + T, device=tokens.device)
+        # The new tokens' rows of the RoPE tables, cut once here rather than gathered in every layer.
+        cos, sin = self.rope_cos[cache.pos : cache.pos + T], self.rope_sin[cache.pos : cache.pos + T]
         x = self.tok_embeddings(tokens)
         for block in self.layers:
-            x = block(x, self.rope_cos, self.rope_sin, positions, cache)
+            x = block(x, cos, sin, cache=cache)
         cache.pos += T
         return self.output(self.norm(x)).float()
 
