@@ -38,7 +38,7 @@ from tqdm import tqdm
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError, Tokenizer
 from nanocodec.config import ConfigError, parse
-from nanocodec.data import DataError, TokenStream, codec_bytes, val_batches
+from nanocodec.data import DataError, TokenStream, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
 
 
@@ -244,7 +244,7 @@ def make_optimizer(model: Llama, cfg: TrainConfig, rt: Runtime) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=rt.device.type == "cuda")
 
 
-def state_dicts(model: Llama, optimizer, cfg: TrainConfig) -> tuple[dict, dict]:
+def state_dicts(model: Llama, optimizer) -> tuple[dict, dict]:
     """Full (unsharded) model and optimizer state on CPU; under FSDP only rank 0 gets them."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
@@ -291,12 +291,12 @@ def evaluate(model: Llama, data_dir: Path, cfg: TrainConfig, rt: Runtime, max_ba
             targets += int((y != -100).sum())
     total_nats, total_targets = all_sum([float(nats), float(targets)], rt)
     model.train(was_training)
-    split = json.loads((data_dir / "manifest.json").read_text())["splits"]["val"]
+    split = manifest(data_dir)["splits"]["val"]
     all_targets = split["tokens"] - split["documents"]  # every token but each document's <bos>
     if total_targets == 0:
         return {"val_loss": float("nan"), "val_bpb": float("nan"), "val_targets": 0}
     # A partial pass scales to the whole split at the split's own tokens-per-byte.
-    covered_bytes = codec_bytes(data_dir, "val") * total_targets / all_targets
+    covered_bytes = split["codec_bytes"] * total_targets / all_targets
     return {
         "val_loss": total_nats / total_targets,
         "val_bpb": bits_per_byte(total_nats, covered_bytes),
@@ -472,7 +472,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
 
     def save() -> None:
         nonlocal saved_step
-        weights, optim_state = state_dicts(model, optimizer, cfg)
+        weights, optim_state = state_dicts(model, optimizer)
         rng = [torch.get_rng_state()]
         if rt.distributed:
             rng = [None] * rt.world

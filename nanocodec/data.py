@@ -121,11 +121,6 @@ class TokenStream:
         rows_t = torch.from_numpy(rows)
         return rows_t[:, :-1], rows_t[:, 1:]
 
-    @property
-    def epoch(self) -> float:
-        """Epochs served so far (all ranks together)."""
-        return self.sample / self.chunks
-
     def state_dict(self) -> dict:
         return {"sample": self.sample, "seed": self.seed, "context": self.context, "chunks": self.chunks}
 

@@ -289,12 +289,12 @@ def run(cfg: EvalConfig) -> dict:
         raise EvalError(f"--ratios: expected comma-separated numbers, got {cfg.ratios!r}") from None
     if any(not 0 <= r < 1 for r in ratios + [cfg.decode_ratio]):
         raise EvalError(f"prompt ratios must be in [0, 1), got --ratios={cfg.ratios} --decode_ratio={cfg.decode_ratio}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     inception = None
     if "fid" in metrics and cfg.inception_weights:
         from nanocodec.inception import load_inception
 
-        inception = load_inception(cfg.inception_weights, "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        inception = load_inception(cfg.inception_weights, device)
     bundle = load_for_inference(cfg.ckpt, device=device)
     kind = bundle.config.get("kind") or bundle.manifest.get("kind")
     path = Path(cfg.data or bundle.config["data"]["path"])

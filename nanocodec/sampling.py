@@ -162,12 +162,17 @@ def constrained_pick(
     greedy = temperature == 0
     logits = logits.double().numpy()
     tried = np.zeros(logits.shape[0], dtype=bool)
-    finite = np.isfinite(logits)
-    full = np.zeros_like(logits)
-    if finite.any():
-        full[finite] = np.exp((logits[finite] - logits[finite].max()) / (1.0 if greedy else temperature))
-    for dist in (probs.double().numpy(), full):
-        p = np.where(tried, 0.0, np.nan_to_num(dist, nan=0.0, posinf=0.0))
+
+    def unfiltered() -> np.ndarray:
+        finite = np.isfinite(logits)
+        full = np.zeros_like(logits)
+        if finite.any():
+            full[finite] = np.exp((logits[finite] - logits[finite].max()) / (1.0 if greedy else temperature))
+        return full
+
+    # The unfiltered softmax is built only when every filtered token was refused (rare).
+    for distribution in (probs.double().numpy, unfiltered):
+        p = np.where(tried, 0.0, np.nan_to_num(distribution(), nan=0.0, posinf=0.0))
         while True:
             total = p.sum()
             if total <= 0:

@@ -29,7 +29,7 @@ def _feed_cost(streams: list[bytes], trials: int, own: bool, rng: random.Random)
     cases = []
     for _ in range(trials):
         data = rng.choice(streams)
-        start = data.index(b"\xff\xda") + 14
+        start = jpeg.frame_info(data).scan_start
         cut = rng.randrange(start, len(data) - 4)
         parked = huffman.Validator()
         parked.feed(data[:cut])
