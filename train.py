@@ -409,7 +409,11 @@ def main(argv: list[str]) -> Llama:
     cfg = load_config(argv)
     rt = setup_runtime(cfg)
     try:
-        return train(cfg, rt)
+        model = train(cfg, rt)
+        # Ranks leave together: a gloo rank that tears down while its peer is still busy (rank 0
+        # plotting) can abort at exit ("terminate called without an active exception").
+        barrier(rt)
+        return model
     finally:
         if rt.distributed:
             dist.destroy_process_group()
