@@ -45,3 +45,52 @@ def test_optional_accepts_none():
 def test_bad_overrides_name_the_key(argv, words):
     with pytest.raises(ConfigError, match=words):
         parse(Example, argv)
+
+
+@dataclass
+class Commented:
+    # run length
+    steps: int = 10  # optimizer steps to take
+    name: str = "run"  # a label for the run
+    bare: float = 0.5
+
+
+def test_help_shows_defaults_meanings_and_sections_then_exits_0(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse(Commented, ["--steps=3", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "run length" in text
+    assert "--steps=10" in text and "optimizer steps to take" in text
+    assert "--name='run'" in text and "a label for the run" in text
+    assert "--bare=0.5" in text
+    with pytest.raises(SystemExit):
+        parse(Commented, ["-h"])
+
+
+def test_threads_reach_torch():
+    import torch
+
+    from nanocodec.config import set_threads, usable_cores
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 == torch.get_num_threads()
+        assert set_threads(0) == usable_cores() == torch.get_num_threads()
+        with pytest.raises(ConfigError, match="--threads"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unusable_device_is_a_config_error():
+    import torch
+
+    from nanocodec.config import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="--device=nonsense"):
+        resolve_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA"):
+            resolve_device("cuda")
