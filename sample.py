@@ -22,25 +22,33 @@ import torch
 from PIL import Image
 
 from nanocodec import jpeg
-from nanocodec.config import ConfigError, parse
+from nanocodec.config import ConfigError, parse, resolve_device, set_threads
+from nanocodec.prepare import VIDEO_EXTENSIONS
 
 
 @dataclass
 class SampleConfig:
+    """Sample images or videos from a checkpoint: unconditional, completing images, continuing a video.
+
+    python sample.py --ckpt=out/demo --prompt=cat.png --ratio=0.5 --constrain
+    python sample.py --ckpt=out/demo-avc --prompt=clip.mp4 --frames=4
+    """
+
     ckpt: str = "out/demo"  # checkpoint directory written by train.py (its --out_dir)
     prompt: str = ""  # image or folder of images (JPEG models), video (AVC models); empty: unconditional
     ratio: float = 0.5  # image prompts: the fraction of MCUs given, cut at an MCU (paper: 0.25-0.75)
     frames: int = 10  # video prompts: the number of frames given (paper: 10 of 15)
-    num_samples: int = 4  # per prompt
-    out: str = "samples"
+    num_samples: int = 4  # samples drawn for each prompt (or in all, unconditional)
+    out: str = ""  # output folder; empty: CKPT/samples (beside the checkpoint, never the source tree)
     constrain: bool = False  # JPEG: keep every stream valid by construction (nanocodec.huffman.Validator)
-    seed: int = 1337
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 40  # paper's default; 0 disables
-    top_p: float = 0.9  # paper's default; 1 disables
-    max_new_tokens: int = 0  # 0: up to the model's context
+    seed: int = 1337  # seed of the sampling generator: same seed, same samples on any device
+    temperature: float = 1.0  # softmax temperature of sampling; 0: greedy
+    top_k: int = 40  # sample among the k most likely tokens (paper: 40); 0 disables
+    top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
+    max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
     batch_size: int = 16  # rows generated together
     device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # CPU threads for torch; 0: the cores this process may use (fewer when cores are busy)
 
 
 class SampleError(ValueError):
@@ -100,6 +108,64 @@ def save_image_sample(data: bytes, ok: bool, codec: dict, path: Path) -> tuple[I
     return im.convert("RGB"), not ok
 
 
+def prompt_problem(bundle, prefix: bytes) -> tuple[int, str | None]:
+    """The prompt's length in tokens (BOS included), and why it cannot be continued (or None)."""
+    tokens = len(bundle.tokenizer.encode(prefix, bos=True))
+    context = bundle.model.config.max_seq_len
+    if tokens >= context:
+        return tokens, f"{tokens} tokens fill the model's context of {context} tokens"
+    return tokens, None
+
+
+def cut_off(samples, prompt_tokens: list[int], cfg: SampleConfig, context: int) -> dict[str, int]:
+    """Samples that stopped before their stream was complete, by the limit that stopped them."""
+    count = {"context": 0, "max_new_tokens": 0}
+    for sample, tokens in zip(samples, prompt_tokens):
+        if not sample.finished and not sample.ok:
+            count["max_new_tokens" if cfg.max_new_tokens and tokens + cfg.max_new_tokens < context else "context"] += 1
+    return count
+
+
+def describe_cut_off(count: dict[str, int], cfg: SampleConfig, context: int) -> str:
+    """'(3 stopped before the stream was complete: 2 at the model's context of 1024 tokens, ...)'."""
+    if not sum(count.values()):
+        return ""
+    parts = [f"{count['context']} at the model's context of {context} tokens"] if count["context"] else []
+    if count["max_new_tokens"]:
+        parts.append(f"{count['max_new_tokens']} at --max_new_tokens={cfg.max_new_tokens}")
+    return f" ({sum(count.values())} stopped before the stream was complete: {', '.join(parts)})"
+
+
+def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, bytes, bytes, int]], int]:
+    """(name, original stream, prompt prefix, prompt tokens) per usable prompt file, and how many
+    were skipped. A single prompt that cannot be used is an error; in a folder it is skipped."""
+    path = Path(cfg.prompt)
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise SampleError(f"--prompt {path}: this checkpoint models JPEG images; the prompt is a video "
+                          f"(give an image or a folder of images, or a checkpoint trained on --kind avc data)")
+    files = prompt_files(path)
+    jobs, skipped = [], 0
+    for i, file in enumerate(files):
+        try:
+            full = jpeg.encode(file, **codec)
+            prefix = jpeg.prompt(full, cfg.ratio)
+            tokens, problem = prompt_problem(bundle, prefix)
+            if problem:
+                raise SampleError(f"--prompt {file}: at --ratio={cfg.ratio:g} the prompt's {problem}; use a smaller "
+                                  f"--ratio (about {cfg.ratio * (bundle.model.config.max_seq_len - 1) / tokens:.2f} "
+                                  f"fits) or a checkpoint trained with a longer --context")
+        except (jpeg.ImageError, SampleError) as e:
+            if len(files) == 1:
+                raise
+            skipped += 1
+            print(f"skipped {e}", file=sys.stderr)
+            continue
+        jobs.append((f"{i:03d}_{file.stem}" if len(files) > 1 else file.stem, full, prefix, tokens))
+    if not jobs:
+        raise SampleError(f"--prompt {cfg.prompt}: none of its {len(files)} files can be used as a prompt (see above)")
+    return jobs, skipped
+
+
 def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) -> dict:
     from nanocodec.sampling import complete, jpeg_header, jpeg_settings
 
@@ -108,34 +174,17 @@ def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator)
     if size is None:
         raise SampleError(f"--ckpt {cfg.ckpt}: the data manifest records no image size under 'codec'")
     quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
-    jobs: list[tuple[str, bytes | None, bytes]] = []  # (name, original stream, prompt prefix)
-    skipped = 0
-    if cfg.prompt:
-        files = prompt_files(Path(cfg.prompt))
-        for i, path in enumerate(files):
-            try:
-                full = jpeg.encode(path, **codec)
-            except jpeg.ImageError as e:
-                if len(files) == 1:
-                    raise
-                skipped += 1
-                print(f"skipped {e}", file=sys.stderr)
-                continue
-            jobs.append((f"{i:03d}_{path.stem}" if len(files) > 1 else path.stem, full, jpeg.prompt(full, cfg.ratio)))
-        if not jobs:
-            raise SampleError(f"--prompt {cfg.prompt}: none of its files is a readable image")
-    else:
-        jobs.append(("sample", None, b""))
+    jobs, skipped = image_jobs(cfg, bundle, codec) if cfg.prompt else ([("sample", None, b"", 1)], 0)
     header = jpeg_header(codec) if cfg.constrain else b""
     out.mkdir(parents=True, exist_ok=True)
-    prefixes = [prefix for _, _, prefix in jobs for _ in range(cfg.num_samples)]
+    prefixes = [prefix for _, _, prefix, _ in jobs for _ in range(cfg.num_samples)]
     result = complete(bundle.model, bundle.tokenizer, prefixes, kind="jpeg", header=header, constrain=cfg.constrain,
                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens or None, generator=generator, batch_size=cfg.batch_size,
                       progress=True)
     blank = Image.new("RGB", (size, size), (0, 0, 0))
     repaired = unreadable = 0
-    for j, (name, original, prefix) in enumerate(jobs):
+    for j, (name, original, prefix, _) in enumerate(jobs):
         tiles = []
         for k in range(cfg.num_samples):
             sample = result.samples[j * cfg.num_samples + k]
@@ -150,9 +199,43 @@ def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator)
             given = jpeg.decode(prefix, quality, subsampling, repair=True)  # missing MCUs come back flat gray
             grid([[given, *tiles, jpeg.decode(original, quality, subsampling)]]).save(out / f"{name}_grid.png")
     valid = sum(s.ok for s in result.samples)
+    prompt_tokens = [tokens for *_, tokens in jobs for _ in range(cfg.num_samples)]
     return dict(prompts=len(jobs) if cfg.prompt else 0, skipped=skipped, samples=len(result.samples), valid=valid,
                 repaired=repaired, unreadable=unreadable, retried=result.retried, tokens=result.new_tokens,
-                tokens_per_second=result.tokens_per_second)
+                tokens_per_second=result.tokens_per_second,
+                cut_off=cut_off(result.samples, prompt_tokens, cfg, bundle.model.config.max_seq_len))
+
+
+def video_prompt(cfg: SampleConfig, bundle, codec: dict) -> tuple[bytes, bytes, int]:
+    """(original stream, its first --frames frames, their tokens) of the --prompt video."""
+    from nanocodec import avc
+
+    path = Path(cfg.prompt)
+    if path.is_dir():
+        raise SampleError(f"--prompt {path}: a folder; this checkpoint continues one video file at a time")
+    if not path.is_file():
+        raise SampleError(f"--prompt {path}: no such video file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise SampleError(f"--prompt {path}: this checkpoint models H.264 video; the prompt is an image "
+                          f"(give a video file such as .mp4, or a checkpoint trained on --kind jpeg data)")
+    try:
+        original = avc.encode(path, **codec)
+    except avc.VideoError as e:
+        raise SampleError(f"--prompt {path}: not a readable video ({e})") from e
+    pictures = len(avc.frame_offsets(original))
+    if cfg.frames > pictures:
+        raise SampleError(f"--prompt {path}: --frames={cfg.frames}, but the video gives only {pictures} frames "
+                          f"(at {codec.get('fps', 3)} fps over its first {codec.get('seconds', 5)} s); use --frames={max(pictures - 1, 1)} or fewer")
+    prefix = avc.prompt(original, cfg.frames)
+    tokens, problem = prompt_problem(bundle, prefix)
+    if problem:
+        context = bundle.model.config.max_seq_len
+        fit = [f for f in range(1, cfg.frames) if len(bundle.tokenizer.encode(avc.prompt(original, f + 1), bos=True)) < context]
+        hint = (f"use --frames={fit[-1]} or fewer (then the next frame still fits)" if fit
+                else "not even two frames fit")
+        raise SampleError(f"--prompt {path}: its first {cfg.frames} frames are {problem}; {hint}, "
+                          f"or a checkpoint trained with a longer --context")
+    return original, prefix, tokens
 
 
 def run_video(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) -> dict:
@@ -164,19 +247,10 @@ def run_video(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) 
     codec = {k: v for k, v in bundle.manifest.get("codec", {}).items() if k in ("seconds", "fps", "size", "qp", "keep_sei")}
     if "size" in codec:
         codec["size"] = tuple(codec["size"])  # JSON keeps it as a list
-    prefix, name, original = b"", "sample", None
+    prefix, name, original, tokens = b"", "sample", None, 1
     if cfg.prompt:
-        path = Path(cfg.prompt)
-        if not path.is_file():
-            raise SampleError(f"--prompt {path}: no such video file")
-        try:
-            original = avc.encode(path, **codec)
-        except avc.VideoError as e:
-            raise SampleError(f"--prompt {path}: not a readable video ({e})") from e
-        try:
-            prefix, name = avc.prompt(original, cfg.frames), path.stem
-        except ValueError as e:
-            raise SampleError(f"--frames {cfg.frames}: {e}") from e
+        original, prefix, tokens = video_prompt(cfg, bundle, codec)
+        name = Path(cfg.prompt).stem
     out.mkdir(parents=True, exist_ok=True)
     if original is not None:
         avc.filmstrip(avc.decode(original), out / f"{name}_original.png")
@@ -195,7 +269,24 @@ def run_video(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) 
             print(f"{out / f'{name}_{k}.h264'}: no frame decodes", file=sys.stderr)
     return dict(prompts=1 if cfg.prompt else 0, skipped=0, samples=len(result.samples),
                 valid=sum(s.ok for s in result.samples), repaired=0, unreadable=unreadable, retried=0,
-                tokens=result.new_tokens, tokens_per_second=result.tokens_per_second)
+                tokens=result.new_tokens, tokens_per_second=result.tokens_per_second,
+                cut_off=cut_off(result.samples, [tokens] * len(result.samples), cfg, bundle.model.config.max_seq_len))
+
+
+def summary_line(kind: str, summary: dict, cfg: SampleConfig, context: int, out: Path) -> str:
+    """One line: how many samples, how many are valid as sampled, what happened to the rest."""
+    n, valid = summary["samples"], summary["valid"]
+    stopped = describe_cut_off(summary["cut_off"], cfg, context)
+    if kind == "avc":
+        concealed = n - valid - summary["unreadable"]
+        head = (f"{n} samples: {valid} decode without error, {concealed} decode with errors concealed"
+                f", {summary['unreadable']} decode to no frame{stopped}")
+    else:
+        head = (f"{n} samples, {valid} valid, {summary['repaired']} repaired{stopped}"
+                + (f", {summary['unreadable']} unreadable" if summary["unreadable"] else ""))
+    return (head + (f", {summary['skipped']} prompts skipped" if summary["skipped"] else "")
+            + (f", {summary['retried']} constrained rows retried" if summary["retried"] else "")
+            + f"; {summary['tokens_per_second']:.1f} tokens/s; written to {out}/")
 
 
 def main(argv: list[str]) -> dict:
@@ -203,10 +294,11 @@ def main(argv: list[str]) -> dict:
     check(cfg)
     from nanocodec.checkpoint import load_for_inference
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     bundle = load_for_inference(cfg.ckpt, device=device)
     kind = bundle.config.get("kind") or bundle.manifest.get("kind")
-    out = Path(cfg.out)
+    out = Path(cfg.out or Path(cfg.ckpt) / "samples")
     generator = torch.Generator().manual_seed(cfg.seed)
     if kind == "jpeg":
         summary = run_images(cfg, bundle, out, generator)
@@ -214,18 +306,19 @@ def main(argv: list[str]) -> dict:
         summary = run_video(cfg, bundle, out, generator)
     else:
         raise SampleError(f"--ckpt {cfg.ckpt}: unknown codec kind {kind!r} in config.json")
-    print(f"{summary['samples']} samples, {summary['valid']} valid, {summary['repaired']} repaired"
-          + (f", {summary['unreadable']} unreadable" if summary["unreadable"] else "")
-          + (f", {summary['skipped']} prompts skipped" if summary["skipped"] else "")
-          + (f", {summary['retried']} constrained rows retried" if summary["retried"] else "")
-          + f"; {summary['tokens_per_second']:.1f} tokens/s; written to {out}/")
+    print(summary_line(kind, summary, cfg, bundle.model.config.max_seq_len, out))
     return {**summary, "config": asdict(cfg)}
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """main() with every user mistake turned into one line on stderr and exit status 1."""
     from nanocodec.checkpoint import CheckpointError
 
     try:
-        main(sys.argv[1:])
+        main(argv)
     except (ConfigError, SampleError, CheckpointError, jpeg.ImageError) as e:
         sys.exit(f"sample.py: error: {e}")
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

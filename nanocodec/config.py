@@ -132,7 +132,9 @@ def field_comments(cls: type) -> tuple[dict[str, str], dict[str, str]]:
 def usage(cls: type, prog: str | None = None) -> str:
     """Every option of `cls` with its type, default and meaning, grouped under the class's section
     comments."""
-    prog = prog or os.path.basename(sys.argv[0]) or "python"
+    if prog is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set under `python -m NAME`
+        prog = f"python -m {spec.name}" if spec and spec.name else f"python {os.path.basename(sys.argv[0])}"
     hints = typing.get_type_hints(cls)
     meaning, section = field_comments(cls)
     doc = (cls.__doc__ or "").strip()

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nanocodec import data, jpeg
-from nanocodec.config import ConfigError, parse
+from nanocodec.config import ConfigError, parse, resolve_device, set_threads
 from nanocodec.sampling import complete, jpeg_header
 
 REGIONS = ("headers", "entropy", "restart")
@@ -42,27 +42,33 @@ NO_TARGET = 255  # label of the BOS tokens, which are never predicted
 
 @dataclass
 class EvalConfig:
-    ckpt: str = "out/demo"  # or the first positional argument
+    """Bits per byte by region, decode rate and prompted-completion FID of a checkpoint.
+
+    python -m nanocodec.eval CHECKPOINT [--key=value ...]   (CHECKPOINT: or --ckpt=...)
+    """
+
+    ckpt: str = "out/demo"  # checkpoint directory written by train.py (or the first positional argument)
     data: str = ""  # prepared data folder; empty: the folder the checkpoint was trained on
-    out: str = ""  # empty: CHECKPOINT/eval
+    out: str = ""  # report folder; empty: CHECKPOINT/eval
     metrics: str = "bpb,decode,fid"  # any of bpb, decode, fid
-    device: str = "auto"
-    batch_size: int = 8
+    device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # CPU threads for torch; 0: the cores this process may use (fewer when cores are busy)
+    batch_size: int = 8  # sequences per forward (bits per byte) and rows sampled together
     context: int = 0  # bits per byte window; 0: the training context (else the model's max_seq_len)
     max_batches: int = 0  # bits per byte on the first batches only; 0: the whole val split
-    decode_samples: int = 32
+    decode_samples: int = 32  # samples drawn to measure the decode rate
     decode_ratio: float = 0.0  # 0: unconditional samples; > 0: prompts cut from val images
     decode_constrained: bool = True  # JPEG: also the decode rate with --constrain
     fid_images: int = 1000  # paper: 5000 ImageNet / 1000 FFHQ images
     ratios: str = "0.25,0.5,0.75"  # prompt ratios (paper: ImageNet 0.25/0.5/0.75, FFHQ 0.375/0.4375/0.5)
-    seeds: int = 3
+    seeds: int = 3  # FID runs per ratio, seeds seed, seed+1, ...; the report gives mean and std
     inception_weights: str = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
     constrain: bool = False  # FID completions with constrained decoding (the paper samples unconstrained)
-    temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 0.9
-    max_new_tokens: int = 0  # 0: up to the model's context
-    seed: int = 0
+    temperature: float = 1.0  # softmax temperature of sampling; 0: greedy
+    top_k: int = 40  # sample among the k most likely tokens (paper: 40); 0 disables
+    top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
+    max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
+    seed: int = 0  # seed of the sampling generators
 
 
 class EvalError(ValueError):
@@ -186,6 +192,15 @@ def val_streams(path: str | Path, tokenizer, count: int) -> list[bytes]:
     return streams
 
 
+def check_prompts(bundle, prefixes: list[bytes], option: str) -> None:
+    """An EvalError when a prompt leaves no room in the model's context (the option names the cut)."""
+    context = bundle.model.config.max_seq_len
+    longest = max((len(bundle.tokenizer.encode(p, bos=True)) for p in prefixes), default=0)
+    if longest >= context:
+        raise EvalError(f"{option}: the longest val prompt is {longest} tokens, which fills the model's context of "
+                        f"{context} tokens; use a smaller ratio")
+
+
 def decode_rate(bundle, kind: str, prefixes: list[bytes], *, constrain: bool, sampling: dict, generator,
                 header: bytes = b"", batch_size: int) -> dict:
     """How many of the samples continuing `prefixes` the codec's validator accepts unrepaired."""
@@ -215,6 +230,7 @@ def prompted_fid(bundle, streams: list[bytes], codec: dict, *, ratios: list[floa
     results = {}
     for ratio in ratios:
         prefixes = [jpeg.prompt(s, ratio) for s in streams]
+        check_prompts(bundle, prefixes, f"--ratios={ratio:g}")
         runs = []
         for seed in seeds:
             out = complete(bundle.model, bundle.tokenizer, prefixes, kind="jpeg", constrain=constrain,
@@ -271,8 +287,8 @@ def markdown(report: dict) -> str:
 
 
 def split_argv(argv: list[str]) -> list[str]:
-    """`CHECKPOINT --opt ...` -> `--ckpt CHECKPOINT --opt ...`."""
-    if argv and not argv[0].startswith("--"):
+    """`CHECKPOINT --opt ...` -> `--ckpt CHECKPOINT --opt ...` (`-h` stays a request for help)."""
+    if argv and not argv[0].startswith("-"):
         return ["--ckpt", argv[0], *argv[1:]]
     return argv
 
@@ -289,7 +305,8 @@ def run(cfg: EvalConfig) -> dict:
         raise EvalError(f"--ratios: expected comma-separated numbers, got {cfg.ratios!r}") from None
     if any(not 0 <= r < 1 for r in ratios + [cfg.decode_ratio]):
         raise EvalError(f"prompt ratios must be in [0, 1), got --ratios={cfg.ratios} --decode_ratio={cfg.decode_ratio}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     inception = None
     if "fid" in metrics and cfg.inception_weights:
         from nanocodec.inception import load_inception
@@ -316,6 +333,7 @@ def run(cfg: EvalConfig) -> dict:
                 raise EvalError("--decode_ratio prompts are JPEG prompts; use 0 (unconditional) for avc")
             streams = val_streams(path, bundle.tokenizer, cfg.decode_samples)
             prefixes = [jpeg.prompt(s, cfg.decode_ratio) for s in streams]
+            check_prompts(bundle, prefixes, f"--decode_ratio={cfg.decode_ratio:g}")
             report["decode_prompt"] = f"{len(prefixes)} val images prompted at ratio {cfg.decode_ratio:g}"
         else:
             prefixes = [b""] * cfg.decode_samples
@@ -355,11 +373,16 @@ def main(argv: list[str]) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> None:
+    """main() with every user mistake turned into one line on stderr and exit status 1."""
     from nanocodec.checkpoint import CheckpointError
     from nanocodec.inception import InceptionWeightsError
 
     try:
-        main(sys.argv[1:])
+        main(argv)
     except (ConfigError, EvalError, CheckpointError, InceptionWeightsError, data.DataError) as e:
         sys.exit(f"python -m nanocodec.eval: error: {e}")
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -306,6 +306,7 @@ class _Header(NamedTuple):
     frame: _Frame | None = None
     tables: tuple[bytes | None, ...] = (None,) * 8  # DC 0-3, then AC 0-3
     quant: int = 0  # bit i set: quantization table i defined
+    abbreviated: bool = True  # no DQT or DHT segment yet: judged with the tables jpeg.restore inserts
     interval: int = 0
     scan: _Scan | None = None
 
@@ -416,6 +417,16 @@ def _table(header: _Header, index: int) -> bytes | None:
     return header.tables[index] or (_STANDARD_TABLES[index] if index % 4 < 2 else None)
 
 
+# The quantization tables nanocodec.jpeg.restore inserts into a stream with no DQT and no DHT
+# (luma 0, chroma 1); its Huffman tables are the Annex K ones that _table falls back to.
+_RESTORED_QUANT = 0b11
+
+
+def _quant_tables(header: _Header) -> int:
+    """Bit i set: quantization table i is defined, or will be once the stream is restored."""
+    return _RESTORED_QUANT if header.abbreviated else header.quant
+
+
 def _marker_problem(header: _Header, marker: int) -> str | None:
     """Why a frame or scan header cannot start here, which its marker alone tells."""
     frame = header.frame
@@ -425,9 +436,10 @@ def _marker_problem(header: _Header, marker: int) -> str | None:
         return None
     if frame is None:
         return "SOS before the frame header (SOF)"
-    missing = [c[3] for c in frame.components if header.quant and not header.quant >> c[3] & 1]
+    missing = [c[3] for c in frame.components if not _quant_tables(header) >> c[3] & 1]
     if missing:
-        return f"quantization table {missing[0]} is used but not defined"
+        restored = " (an abbreviated stream gets tables 0 and 1 back from jpeg.restore)" if header.abbreviated else ""
+        return f"quantization table {missing[0]} is used but not defined{restored}"
     for kind, name in ((0, "DC"), (4, "AC")):
         problems = []
         for slot in range(2 if frame.marker == 0xC0 else 4):
@@ -474,7 +486,7 @@ def _dqt(r: _Reader, header: _Header, marker: int) -> _Header:
             r.fail(f"quantization table {kind & 15} has a zero entry", -values.index(0))
         r.take(64)
         quant |= 1 << (kind & 15)
-    return header._replace(quant=quant)
+    return header._replace(quant=quant, abbreviated=False)
 
 
 def _dht(r: _Reader, header: _Header, marker: int) -> _Header:
@@ -496,7 +508,7 @@ def _dht(r: _Reader, header: _Header, marker: int) -> _Header:
             r.bad_length(f"leaves {left} bytes after a table, too few for another")
         r.take(16)
         tables[(kind >> 4) * 4 + (kind & 15)] = counts + r.take(codes)
-    return header._replace(tables=tuple(tables))
+    return header._replace(tables=tuple(tables), abbreviated=False)
 
 
 def _dri(r: _Reader, header: _Header, marker: int) -> _Header:
@@ -957,9 +969,11 @@ def _scan_header(header: _Header) -> bytes:
         key = header.tables[slot]
         if key is not None and (_table_problem(key, dc=slot < 4) or _code(key, 0) is None):
             dht += bytes((slot // 4 << 4 | slot % 4,)) + _STANDARD_TABLES[slot]
-    for table in sorted({c[3] for c in components}):
-        if header.quant and not header.quant >> table & 1:
-            dqt += bytes((table,)) + b"\x01" * 64
+    used = sorted({c[3] for c in components})
+    missing = [table for table in used if not _quant_tables(header) >> table & 1]
+    # One DQT ends an abbreviation: jpeg.restore then adds no tables, so every used one goes in.
+    for table in used if missing and header.abbreviated else missing:
+        dqt += bytes((table,)) + b"\x01" * 64
     out = b"".join(bytes((0xFF, marker)) + (len(body) + 2).to_bytes(2, "big") + body
                    for marker, body in ((0xC4, dht), (0xDB, dqt)) if body)
     body = bytes((len(components),)) + b"".join(bytes((c[0], 0x11 if i else 0))

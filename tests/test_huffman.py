@@ -208,6 +208,42 @@ def test_abbreviated_and_restored_streams_agree():
     assert validate(REFERENCE)[:3] == validate(full)[:3] == (True, 12, 12)
 
 
+def test_abbreviated_streams_are_judged_with_the_tables_restore_inserts():
+    """No DQT and no DHT: quantization tables 0 and 1 come back, so a component on table 2 or 3 is
+    invalid (the restored stream is); a stream with a DHT but no DQT gets nothing back."""
+    sof = REFERENCE.index(b"\xff\xc0")
+    for table in (2, 3):
+        data = bytearray(REFERENCE)
+        data[sof + 4 + 6 + 3 + 2] = table  # the quantization table of component 2
+        report = validate(bytes(data))
+        assert not report.ok and f"quantization table {table} is used but not defined" in report.error
+        assert not validate(jpeg.restore(bytes(data))).ok
+        fixed = repair(bytes(data))
+        assert validate(fixed).ok and decodable(fixed).size == (64, 48)
+    full = jpeg.restore(REFERENCE)
+    dqt_start, sof_start = full.index(b"\xff\xdb"), full.index(b"\xff\xc0")
+    no_dqt = full[:dqt_start] + full[sof_start:]  # Pillow writes both DQT segments in one run
+    assert b"\xff\xdb" not in no_dqt and b"\xff\xc4" in no_dqt
+    assert "quantization table 0 is used but not defined" in validate(no_dqt).error
+    assert validate(repair(no_dqt)).ok
+
+
+@given(st.integers(0, 2**32), st.integers(1, 3))
+def test_abbreviated_verdict_is_the_restored_streams(seed, edits):
+    """validate(stream).ok == validate(jpeg.restore(stream)).ok for header mutations of the
+    model's format, whenever restore can put the tables in."""
+    rng = random.Random(seed)
+    data = bytearray(REFERENCE)
+    for _ in range(edits):
+        i = rng.randrange(REFERENCE.index(b"\xff\xda") + 14)
+        data[i] = rng.randrange(256) if rng.random() < 0.5 else data[i] ^ 1 << rng.randrange(8)
+    try:
+        full = jpeg.restore(bytes(data))
+    except ValueError:
+        return
+    assert validate(bytes(data)).ok == validate(full).ok
+
+
 @given(st.sampled_from(sorted(SAMPLINGS) + ["gray"]), st.integers(1, 70), st.integers(1, 50),
        st.sampled_from([0, 1, 2, 5]), st.booleans(), st.integers(0, 2**32))
 def test_reference_streams_validate_and_decode(sampling, width, height, interval, abbreviated,

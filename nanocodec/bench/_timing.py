@@ -1,6 +1,8 @@
-"""The one timing rule every benchmark module shares: the fastest of several runs."""
+"""What every benchmark module shares: the timing rule (the fastest of several runs) and, for the
+modules that time torch, the run-wide --threads and --device options of the entry points."""
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable, TypeVar
 
@@ -18,3 +20,21 @@ def best_time(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def add_torch_options(parser: argparse.ArgumentParser) -> None:
+    """--threads and --device, meaning what they mean to train.py, sample.py and nanocodec.eval."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the cores this process may use; fewer when cores are busy)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def apply_torch_options(args: argparse.Namespace) -> "torch.device":  # noqa: F821
+    """Set the threads and return the device; an unusable value exits with one line."""
+    from nanocodec.config import ConfigError, resolve_device, set_threads
+
+    try:
+        set_threads(args.threads)
+        return resolve_device(args.device)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

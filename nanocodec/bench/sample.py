@@ -12,6 +12,7 @@ import argparse
 
 import torch
 
+from nanocodec.bench._timing import add_torch_options, apply_torch_options
 from nanocodec.model import Llama, ModelConfig
 from nanocodec.sampling import generate
 
@@ -32,16 +33,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_torch_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = apply_torch_options(args)
     torch.manual_seed(0)
     config = ModelConfig.preset(args.preset, vocab_size=VOCAB, max_seq_len=args.tokens + 1)
-    model = Llama(config).to(args.device).eval()
+    model = Llama(config).to(device).eval()
     print(f"model: {args.preset} ({model.num_params() / 1e6:.2f}M params), {args.tokens} new tokens from BOS, "
-          f"batch {args.batch}, {args.device}, {torch.get_num_threads()} threads")
+          f"batch {args.batch}, {device}, {torch.get_num_threads()} threads")
     run(model, args.batch, 16, True)  # warm-up: allocator, kernel selection
     cached = run(model, args.batch, args.tokens, True)
     full = run(model, args.batch, args.tokens, False)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanocodec.bench._timing import add_torch_options, apply_torch_options
 from nanocodec.model import Llama, ModelConfig, rope_tables
 
 
@@ -107,18 +108,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--device", default="cpu")
+    add_torch_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = apply_torch_options(args)
 
     torch.manual_seed(0)
     config = ModelConfig.preset(args.preset, max_seq_len=args.context)
-    ours = Llama(config).to(args.device)
-    plain = PlainLlama(config).to(args.device)
+    ours = Llama(config).to(device)
+    plain = PlainLlama(config).to(device)
     plain.load_state_dict(ours.state_dict())
-    x = torch.randint(0, config.vocab_size, (args.batch, args.context), device=args.device)
+    x = torch.randint(0, config.vocab_size, (args.batch, args.context), device=device)
     with torch.no_grad():
         diff = (ours(x)[0] - plain(x)[0]).abs().max().item()
     if diff > 1e-3:
@@ -133,7 +132,7 @@ def main(argv: list[str]) -> None:
         for name in order:
             rates[name].append(tokens_per_second(models[name], optimizers[name], x, args.steps))
     print(f"training step (fwd+bwd+AdamW), preset {args.preset} ({ours.num_params() / 1e6:.2f}M params), "
-          f"batch {args.batch} x context {args.context}, {args.device}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch} x context {args.context}, {device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} alternating rounds of {args.steps} steps; logits agree to {diff:.1e}")
     for name, r in rates.items():
         print(f"  {name:<28} best {max(r):>8.0f} tokens/s   median {statistics.median(r):>8.0f}   "
