@@ -113,7 +113,7 @@ def prompt_problem(bundle, prefix: bytes) -> tuple[int, str | None]:
     tokens = len(bundle.tokenizer.encode(prefix, bos=True))
     context = bundle.model.config.max_seq_len
     if tokens >= context:
-        return tokens, f"{tokens} tokens fill the model's context of {context} tokens"
+        return tokens, f"{tokens} tokens, which fill the model's context of {context} tokens"
     return tokens, None
 
 
@@ -151,7 +151,7 @@ def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, 
             prefix = jpeg.prompt(full, cfg.ratio)
             tokens, problem = prompt_problem(bundle, prefix)
             if problem:
-                raise SampleError(f"--prompt {file}: at --ratio={cfg.ratio:g} the prompt's {problem}; use a smaller "
+                raise SampleError(f"--prompt {file}: at --ratio={cfg.ratio:g} the prompt is {problem}; use a smaller "
                                   f"--ratio (about {cfg.ratio * (bundle.model.config.max_seq_len - 1) / tokens:.2f} "
                                   f"fits) or a checkpoint trained with a longer --context")
         except (jpeg.ImageError, SampleError) as e:

@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import random
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Source:
     names: list[str]
     payloads: Callable[[list[int]], Iterable[Any]]  # codec inputs of these (ascending) indices
     ignored: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)  # folders that could not be read, with the reason
 
 
 def _extensions(kind: str) -> frozenset[str]:
@@ -81,19 +83,55 @@ def _extensions(kind: str) -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
+def _walk(root: Path) -> tuple[list[str], list[dict], int]:
+    """(every non-folder entry under `root`, relative, in sorted order; each folder that could not be
+    listed, with its reason; how many folders were reached a second time through a symlink).
+
+    Symlinked folders are followed; a folder already walked (a symlink loop, or two links to one
+    folder) is walked once. os.walk would drop unreadable folders without a word."""
+    files, unreadable, seen, again = [], [], set(), 0
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        folder = root / rel if rel else root
+        try:
+            info = folder.stat()
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                again += 1
+                continue
+            seen.add(key)
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as e:
+            unreadable.append({"path": f"{rel or '.'}/", "reason": f"unreadable folder: {e.strerror or e}"})
+            continue
+        subfolders = []
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows a symlink
+            except OSError:
+                is_dir = False
+            (subfolders if is_dir else files).append(name)
+        stack += reversed(subfolders)
+    return sorted(files), unreadable, again
+
+
 def _folder(root: Path, kind: str) -> Source:
     wanted = _extensions(kind)
     names, ignored = [], collections.Counter()
-    for folder, _, files in os.walk(root):
-        for f in files:
-            rel = (Path(folder) / f).relative_to(root).as_posix()
-            ext = os.path.splitext(f)[1].lower()
-            if ext in wanted:
-                names.append(rel)
-            else:
-                ignored[f"files with extension {ext or '(none)'}"] += 1
-    names.sort()
-    return Source(str(root.resolve()), names, lambda idx: (str(root / names[i]) for i in idx), dict(ignored))
+    found, unreadable, again = _walk(root)
+    for rel in found:
+        ext = os.path.splitext(rel)[1].lower()
+        if ext in wanted:
+            names.append(rel)
+        else:
+            ignored[f"files with extension {ext or '(none)'}"] += 1
+    if again:
+        ignored["folders reached again through a symlink (walked once)"] = again
+    return Source(str(root.resolve()), names, lambda idx: (str(root / names[i]) for i in idx), dict(ignored),
+                  unreadable)
 
 
 def _listing(path: Path) -> Source:
@@ -145,7 +183,7 @@ def find_source(kind: str, source: str, codec: dict, limit: int | None, seed: in
         return found
     keep = sorted(random.Random(seed).sample(range(len(found.names)), limit))
     return Source(found.description, [found.names[i] for i in keep],
-                  lambda idx: found.payloads([keep[i] for i in idx]), found.ignored)
+                  lambda idx: found.payloads([keep[i] for i in idx]), found.ignored, found.skipped)
 
 
 def is_val(name: str, val_fraction: float) -> bool:
@@ -216,8 +254,14 @@ def _encode(payload: Any) -> tuple[bytes | None, str | None]:
     """(codec bytes, None) or (None, reason)."""
     try:
         if isinstance(payload, str):
-            if not os.path.exists(payload):
+            try:
+                mode = os.stat(payload).st_mode
+            except FileNotFoundError:
                 return None, "missing file: no such file"
+            if not stat.S_ISREG(mode):  # never open a device or a FIFO: reading one may never end
+                what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file"
+                return None, f"not a regular file: {what}"
             if os.path.getsize(payload) == 0:
                 return None, "empty file: 0 bytes"
         if _worker["kind"] == "jpeg":
@@ -351,6 +395,11 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _unclaimed_state(entry: Path) -> bool:
+    """A .prepare/ that a run killed before writing run.json left behind (empty but for .tmp files)."""
+    return entry.name == STATE and entry.is_dir() and all(f.name.endswith(".tmp") for f in entry.iterdir())
+
+
 def _claim(out: Path, run: dict) -> None:
     """Start a run in `out`, or continue one with identical settings; refuse anything else."""
     state = out / STATE / "run.json"
@@ -365,9 +414,11 @@ def _claim(out: Path, run: dict) -> None:
         for leftover in [*out.glob("*.tmp"), *(out / STATE).glob("*.tmp")]:  # from a killed run
             leftover.unlink()
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not _unclaimed_state(entry) for entry in out.iterdir()):
         raise PrepareError(f"{out} is not empty and holds no prepare run: use an empty or new folder")
     (out / STATE).mkdir(parents=True, exist_ok=True)
+    for leftover in (out / STATE).glob("*.tmp"):  # a run killed before its run.json was in place
+        leftover.unlink()
     _write_atomic(state, _json_bytes(run))
 
 
@@ -452,6 +503,8 @@ def _summary(out: Path, manifest: dict) -> str:
         parts.append("skipped none")
     if manifest["ignored"]:
         parts.append("ignored " + ", ".join(f"{n} {what}" for what, n in manifest["ignored"].items()))
+    if not s["val"]["documents"]:
+        parts.append("warning: the val split is empty, so train.py has no val loss; raise --val-fraction")
     return " | ".join(parts)
 
 
@@ -524,7 +577,8 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
     except demo.DemoError as e:
         raise PrepareError(str(e)) from e
     if not src.names:
-        raise PrepareError(f"--source {source}: found no {'images' if kind == 'jpeg' else 'videos'}")
+        unreadable = "".join(f"; could not read {e['path']} ({e['reason']})" for e in src.skipped)
+        raise PrepareError(f"--source {source}: found no {'images' if kind == 'jpeg' else 'videos'}{unreadable}")
     run = {
         "format_version": FORMAT_VERSION, "kind": kind, "codec": codec, "source": src.description,
         "files_sha256": hashlib.sha256("\n".join(src.names).encode("utf-8")).hexdigest(),
@@ -553,7 +607,7 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
     finally:
         pool.close()
 
-    splits, skipped = {}, []
+    splits, skipped = {}, list(src.skipped)
     for split in SPLITS:
         recs = [records[shard_name(split, n)] for n in range(len(plan[split]))]
         splits[split] = {key: sum(r[key] for r in recs) for key in ("files", "documents", "tokens", "codec_bytes")}

@@ -300,15 +300,46 @@ def sample_script():
     return module
 
 
+def random_checkpoint(path: Path, data_dir: Path, context: int) -> Path:
+    """A randomly initialised tiny model of `context` tokens on the tokenizer of `data_dir`."""
+    from nanocodec import checkpoint
+    from nanocodec.bpe import Tokenizer
+    from nanocodec.model import Llama, ModelConfig
+
+    tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
+                         max_seq_len=context)
+    torch.manual_seed(0)
+    checkpoint.save(path, Llama(config).state_dict(), {}, step=0, model_config=asdict(config), train_config={},
+                    data_dir=data_dir)
+    return path
+
+
+def one_line_error(script, argv: list[str]) -> str:
+    """The message the entry point exits with (what the user sees on stderr), checked to be one line."""
+    with pytest.raises(SystemExit) as stop:
+        script.cli(argv)
+    message = stop.value.code
+    assert isinstance(message, str) and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def prompt_tokens(checkpoint_dir: Path, prefix: bytes) -> int:
+    from nanocodec.bpe import Tokenizer
+
+    return len(Tokenizer.load(checkpoint_dir / "data" / "tokenizer.json").encode(prefix, bos=True))
+
+
 def test_sample_py_prompted_constrained_writes_valid_jpegs_and_a_grid(checkpoint_dir, sample_script, capsys):
     from nanocodec import huffman
 
     prompt = checkpoint_dir / "images" / "im03.png"
     out = checkpoint_dir / "samples"
     summary = sample_script.main([f"--ckpt={checkpoint_dir / 'ckpt'}", f"--prompt={prompt}", "--ratio=0.5",
-                                  "--num_samples=2", f"--out={out}", "--constrain", "--device=cpu"])
+                                  "--num_samples=2", f"--out={out}", "--constrain", "--device=cpu", "--threads=1"])
+    assert torch.get_num_threads() == 1
     assert summary["samples"] == summary["valid"] == 2 and summary["repaired"] == 0
-    assert "2 samples, 2 valid, 0 repaired" in capsys.readouterr().out
+    assert "2 samples, 2 valid, 0 repaired;" in capsys.readouterr().out
     given = jpeg.prompt(jpeg.encode(prompt, size=SIZE), 0.5)
     for k in range(2):
         written = (out / f"im03_{k}.jpg").read_bytes()
@@ -321,48 +352,95 @@ def test_sample_py_prompted_constrained_writes_valid_jpegs_and_a_grid(checkpoint
     assert (tile[SIZE // 2 + 1 :] == 128).all()  # the missing half is flat gray
 
 
-def test_sample_py_unconstrained_repairs_and_counts(checkpoint_dir, sample_script):
+def test_sample_py_unconstrained_repairs_and_counts(checkpoint_dir, sample_script, capsys):
     out = checkpoint_dir / "samples_raw"
     summary = sample_script.main([f"--ckpt={checkpoint_dir / 'ckpt'}", f"--prompt={checkpoint_dir / 'images'}",
                                   "--ratio=0.75", "--num_samples=1", f"--out={out}", "--max_new_tokens=40",
                                   "--seed=3"])
     assert summary["samples"] == 16 and summary["valid"] + summary["repaired"] + summary["unreadable"] == 16
     assert summary["repaired"] > 0  # 40 random tokens rarely finish a 32x32 image
+    assert summary["cut_off"]["context"] == 0 and summary["cut_off"]["max_new_tokens"] > 0
+    assert (f"stopped before the stream was complete: {summary['cut_off']['max_new_tokens']} at --max_new_tokens=40"
+            in capsys.readouterr().out)
     assert len(list(out.glob("*_grid.png"))) == 16 and len(list(out.glob("*.jpg"))) == 16
+
+
+def test_sample_py_writes_beside_the_checkpoint_by_default(checkpoint_dir, sample_script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a default of "samples" would land
+    summary = sample_script.main([f"--ckpt={checkpoint_dir / 'ckpt'}", "--num_samples=1", "--max_new_tokens=4"])
+    assert summary["samples"] == 1 and (checkpoint_dir / "ckpt" / "samples" / "sample_grid.png").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sample_py_clear_errors(checkpoint_dir, sample_script, tmp_path):
     import shutil
 
-    from nanocodec.checkpoint import CheckpointError
-
     ckpt = checkpoint_dir / "ckpt"
-    with pytest.raises(sample_script.SampleError, match="--ratio must be in"):
-        sample_script.main([f"--ckpt={ckpt}", "--prompt=x.png", "--ratio=1.5"])
+    assert "--ratio must be in" in one_line_error(sample_script, [f"--ckpt={ckpt}", "--prompt=x.png", "--ratio=1.5"])
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(jpeg.ImageError, match="notes.png"):
-        sample_script.main([f"--ckpt={ckpt}", f"--prompt={text}", f"--out={tmp_path / 'o'}"])
+    assert "notes.png" in one_line_error(sample_script, [f"--ckpt={ckpt}", f"--prompt={text}", f"--out={tmp_path / 'o'}"])
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    message = one_line_error(sample_script, [f"--ckpt={ckpt}", f"--prompt={video}", f"--out={tmp_path / 'o'}"])
+    assert "clip.mp4: this checkpoint models JPEG images; the prompt is a video" in message
+    if not torch.cuda.is_available():
+        assert "--device=cuda: this machine has no usable CUDA GPU" in one_line_error(
+            sample_script, [f"--ckpt={ckpt}", "--device=cuda"])
     broken = tmp_path / "broken"
     shutil.copytree(ckpt, broken)
     (broken / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match="tokenizer.json: missing"):
-        sample_script.main([f"--ckpt={broken}"])
+    assert "tokenizer.json: missing" in one_line_error(sample_script, [f"--ckpt={broken}"])
     config = json.loads((ckpt / "config.json").read_text())
     shutil.copy(ckpt / "tokenizer.json", broken / "tokenizer.json")
     (broken / "config.json").write_text(json.dumps({**config, "version": 99}))
-    with pytest.raises(CheckpointError, match="unknown checkpoint version 99"):
-        sample_script.main([f"--ckpt={broken}"])
+    assert "unknown checkpoint version 99" in one_line_error(sample_script, [f"--ckpt={broken}"])
+    assert not (tmp_path / "o").exists()  # nothing written for a request that fails
 
 
-def test_sample_py_continues_a_video_from_its_first_frames(tmp_path, sample_script):
+def test_image_prompts_longer_than_the_context(checkpoint_dir, sample_script, tmp_path, capsys):
+    """A single prompt that fills the context is an error; in a folder it is skipped with its reason."""
+    images = checkpoint_dir / "images"
+    tokens = {p.name: prompt_tokens(checkpoint_dir, jpeg.prompt(jpeg.encode(p, size=SIZE), 1.0))
+              for p in sorted(images.glob("*.png"))}
+    short, long = min(tokens, key=tokens.get), max(tokens, key=tokens.get)
+    assert tokens[short] < tokens[long]
+    ckpt = random_checkpoint(tmp_path / "short_context", checkpoint_dir / "data", tokens[long])  # long fills it
+    message = one_line_error(sample_script, [f"--ckpt={ckpt}", f"--prompt={images / long}", "--ratio=1"])
+    assert f"{long}: at --ratio=1 the prompt is {tokens[long]} tokens, which fill the model's context of {tokens[long]}" in message
+    assert "smaller --ratio" in message
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name in (short, long):
+        (folder / name).write_bytes((images / name).read_bytes())
+    summary = sample_script.main([f"--ckpt={ckpt}", f"--prompt={folder}", "--ratio=1", "--num_samples=1",
+                                  f"--out={tmp_path / 'out'}"])
+    assert summary["prompts"] == 1 and summary["skipped"] == 1 and summary["samples"] == 1
+    captured = capsys.readouterr()
+    assert f"skipped --prompt {folder / long}: at --ratio=1" in captured.err
+    assert "1 prompts skipped" in captured.out
+
+
+def test_constrained_samples_stopped_by_the_context_are_counted(checkpoint_dir, sample_script, tmp_path, capsys):
+    prompt = checkpoint_dir / "images" / "im05.png"
+    given = prompt_tokens(checkpoint_dir, jpeg.prompt(jpeg.encode(prompt, size=SIZE), 0.25))
+    ckpt = random_checkpoint(tmp_path / "room_for_one", checkpoint_dir / "data", given + 1)  # one new token
+    summary = sample_script.main([f"--ckpt={ckpt}", f"--prompt={prompt}", "--ratio=0.25", "--num_samples=2",
+                                  "--constrain", f"--out={tmp_path / 'out'}"])
+    assert summary["valid"] == 0 and summary["repaired"] == 2 and summary["cut_off"] == {"context": 2, "max_new_tokens": 0}
+    assert (f"2 repaired (2 stopped before the stream was complete: 2 at the model's context of {given + 1} tokens)"
+            in capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def video_setup(tmp_path_factory):
+    """Three 64x36 clips of a moving bar, prepared, and a random checkpoint of 2048 tokens on them."""
     import av
 
-    from nanocodec import avc, checkpoint, prepare
-    from nanocodec.bpe import Tokenizer
-    from nanocodec.model import Llama, ModelConfig
+    from nanocodec import prepare
 
-    videos = tmp_path / "videos"
+    root = tmp_path_factory.mktemp("video")
+    videos = root / "videos"
     videos.mkdir()
     for v in range(3):
         with av.open(str(videos / f"clip{v}.mp4"), "w") as container:
@@ -375,25 +453,48 @@ def test_sample_py_continues_a_video_from_its_first_frames(tmp_path, sample_scri
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    prepare.prepare("avc", str(videos), tmp_path / "data", size=(64, 36), merges=20, val_fraction=0.3, workers=1)
-    tokenizer = Tokenizer.load(tmp_path / "data" / "tokenizer.json")
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
-                         max_seq_len=2048)
-    checkpoint.save(tmp_path / "ckpt", Llama(config).state_dict(), {}, step=0, model_config=asdict(config),
-                    train_config={}, data_dir=tmp_path / "data")
+    prepare.prepare("avc", str(videos), root / "data", size=(64, 36), merges=20, val_fraction=0.3, workers=1)
+    random_checkpoint(root / "ckpt", root / "data", 2048)
+    return root
+
+
+def test_sample_py_continues_a_video_from_its_first_frames(video_setup, sample_script, tmp_path, capsys):
+    from nanocodec import avc
+
+    videos = video_setup / "videos"
     out = tmp_path / "out"
-    args = [f"--ckpt={tmp_path / 'ckpt'}", f"--prompt={videos / 'clip1.mp4'}", "--frames=3", "--num_samples=2",
+    args = [f"--ckpt={video_setup / 'ckpt'}", f"--prompt={videos / 'clip1.mp4'}", "--frames=3", "--num_samples=2",
             f"--out={out}", "--max_new_tokens=60"]
     summary = sample_script.main(args)
     assert summary["samples"] == 2 and 0 <= summary["valid"] <= 2
+    line = capsys.readouterr().out
+    assert f"2 samples: {summary['valid']} decode without error, {2 - summary['valid'] - summary['unreadable']} decode with errors concealed" in line
     prefix = avc.prompt(avc.encode(videos / "clip1.mp4", size=(64, 36)), 3)
     for k in range(2):
         assert (out / f"clip1_{k}.h264").read_bytes().startswith(prefix)
         assert len(avc.decode((out / f"clip1_{k}.h264").read_bytes())) >= 3
         assert (out / f"clip1_{k}.png").exists()
     assert Image.open(out / "clip1_original.png").size[0] > 64
-    with pytest.raises(sample_script.SampleError, match="--constrain checks JPEG streams only"):
-        sample_script.main(args + ["--constrain"])
-    with pytest.raises(sample_script.SampleError, match="--frames 99"):
-        sample_script.main(args + ["--frames=99", f"--out={tmp_path / 'none'}"])
+    assert "--constrain checks JPEG streams only" in one_line_error(sample_script, args + ["--constrain"])
+    pictures = len(avc.frame_offsets(avc.encode(videos / "clip1.mp4", size=(64, 36))))
+    message = one_line_error(sample_script, args + ["--frames=99", f"--out={tmp_path / 'none'}"])
+    assert f"--frames=99, but the video gives only {pictures} frames" in message
     assert not (tmp_path / "none").exists()  # nothing written for a request that fails
+
+
+def test_video_checkpoint_mistakes_are_one_line(video_setup, sample_script, checkpoint_dir, tmp_path):
+    from nanocodec import avc
+    from nanocodec.bpe import Tokenizer
+
+    ckpt = video_setup / "ckpt"
+    image = checkpoint_dir / "images" / "im00.png"
+    message = one_line_error(sample_script, [f"--ckpt={ckpt}", f"--prompt={image}", "--frames=2"])
+    assert "im00.png: this checkpoint models H.264 video; the prompt is an image" in message
+    clip = video_setup / "videos" / "clip2.mp4"
+    stream = avc.encode(clip, size=(64, 36))
+    tokenizer = Tokenizer.load(video_setup / "data" / "tokenizer.json")
+    tokens = [len(tokenizer.encode(avc.prompt(stream, f), bos=True)) for f in range(5)]
+    short = random_checkpoint(tmp_path / "short", video_setup / "data", tokens[3])  # 3 frames fill it
+    message = one_line_error(sample_script, [f"--ckpt={short}", f"--prompt={clip}", "--frames=3"])
+    assert f"clip2.mp4: its first 3 frames are {tokens[3]} tokens, which fill the model's context" in message
+    assert "use --frames=1 or fewer" in message  # 2 frames (the prompt and one more) fit, 3 do not

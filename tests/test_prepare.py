@@ -248,6 +248,68 @@ def test_killed_run_resumes_to_the_same_bytes(image_folder, tmp_path):
     assert contents(killed) == contents(straight)
 
 
+def test_symlinked_folders_are_followed_once_and_unreadable_folders_listed(tmp_path, monkeypatch, capsys):
+    import os
+
+    from nanocodec import prepare as module
+
+    outside, root = tmp_path / "elsewhere", tmp_path / "root"
+    for name, seed in (("elsewhere/p0.png", 0), ("elsewhere/p1.png", 1), ("root/a/p2.png", 2), ("root/locked/p3.png", 3)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        picture(seed).save(tmp_path / name)
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # a folder of images linked in
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # back to the top: walked once
+    (root / "again").symlink_to(outside, target_is_directory=True)  # a second link to one folder
+    scandir = os.scandir
+
+    def refuse_locked(path):  # the tests run as root, where chmod 000 does not stop reading
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(module.os, "scandir", refuse_locked)
+    manifest = prepare("jpeg", str(root), tmp_path / "out", workers=1, **SMALL)
+    assert sum(s["documents"] for s in manifest["splits"].values()) == 3  # a/p2 and the two linked once
+    assert {"path": "locked/", "reason": "unreadable folder: Permission denied"} in manifest["skipped"]
+    assert manifest["skipped_by_reason"] == {"unreadable folder": 1}
+    assert manifest["ignored"] == {"folders reached again through a symlink (walked once)": 2}
+    assert "skipped 1 (1 unreadable folder;" in capsys.readouterr().err
+    with pytest.raises(PrepareError, match="found no images; could not read ./ .unreadable folder: Permission denied"):
+        prepare("jpeg", str(root / "locked"), tmp_path / "none", workers=1, **SMALL)
+
+
+def test_devices_and_fifos_are_not_regular_files(tmp_path):
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture(0).save(folder / "good.png")
+    picture(1).save(folder / "other.png")
+    os.mkfifo(folder / "pipe.jpg")  # opening it for reading would wait for a writer forever
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'good.png'}\n{folder / 'other.png'}\n/dev/zero\n/dev/urandom\n{folder / 'pipe.jpg'}\n")
+    for source in (folder, listing):
+        manifest = prepare("jpeg", str(source), tmp_path / f"out_{source.stem}", workers=1, **SMALL)
+        reasons = {Path(e["path"]).name: e["reason"] for e in manifest["skipped"]}
+        assert reasons["pipe.jpg"] == "not a regular file: a FIFO"
+        assert sum(s["documents"] for s in manifest["splits"].values()) == 2
+    assert reasons["zero"] == reasons["urandom"] == "not a regular file: a device"
+
+
+def test_a_kill_before_run_json_does_not_block_the_same_command(image_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ".prepare").mkdir(parents=True)  # killed between creating .prepare/ and writing run.json
+    (out / ".prepare" / "run.json.123.abcd.tmp").write_text('{"format_')
+    manifest = prepare("jpeg", str(image_folder[0]), out, workers=1, **dict(SMALL, val_fraction=0.0))
+    assert manifest["splits"]["val"]["documents"] == 0 and not list(out.rglob("*.tmp"))
+    assert "warning: the val split is empty" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"
+    (foreign / ".prepare").mkdir(parents=True)
+    (foreign / ".prepare" / "notes.json").write_text("{}")  # not ours to reuse
+    with pytest.raises(PrepareError, match="not empty"):
+        prepare("jpeg", str(image_folder[0]), foreign, workers=1, **SMALL)
+
+
 def test_list_source_limit_and_given_tokenizer(prepared, image_folder, tmp_path):
     root, good = image_folder
     listing = root / "subset.txt"
