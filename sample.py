@@ -4,10 +4,11 @@ continuing a video from its first frames.
     python sample.py --ckpt=out/demo --num_samples=8                               # unconditional
     python sample.py --ckpt=out/demo --prompt=cat.png --ratio=0.5 --num_samples=3  # complete the lower half
     python sample.py --ckpt=out/demo --prompt=photos/ --ratio=0.375 --constrain    # a folder of prompts
-    python sample.py --ckpt=out/avc --prompt=clip.mp4 --frames=10                  # continue a video
+    python sample.py --ckpt=out/demo-avc --prompt=clip.mp4 --frames=4              # continue a video
 
-Every default is in `SampleConfig`; override any with --key=value (or --key value, bare --flag).
-Writes to --out: one complete .jpg per sample (tables restored; a stream the validator rejects is
+Every default is in `SampleConfig`; override any with --key=value (or --key value, bare --flag);
+--help lists them with their meanings. A user's mistake is one line and exit status 1 (`cli`).
+Writes to --out (default CKPT/samples): one complete .jpg per sample (tables restored; a stream the validator rejects is
 saved repaired and counted), one PNG grid per prompt (prompt with its missing part gray | samples |
 original), or for video one .h264 and one filmstrip PNG per sample. Ends with one summary line.
 """

@@ -1,9 +1,16 @@
-"""The shared --key=value parser of train.py and sample.py."""
+"""The shared --key=value parser of train.py, sample.py and nanocodec.eval, and their --help."""
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import torch
 
-from nanocodec.config import ConfigError, parse
+from nanocodec.config import ConfigError, field_comments, parse
 
 
 @dataclass
@@ -94,3 +101,76 @@ def test_unusable_device_is_a_config_error():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no usable CUDA"):
             resolve_device("cuda")
+
+
+# --- the entry points: train.py, sample.py, nanocodec.eval ---------------------------------------------
+
+ROOT = Path(__file__).parents[1]
+ENTRY_POINTS = {"train.py": ["train.py"], "sample.py": ["sample.py"], "nanocodec.eval": ["-m", "nanocodec.eval"]}
+
+
+def entry_config(name: str) -> type:
+    """The run configuration dataclass of an entry point, from its own file."""
+    if name == "nanocodec.eval":
+        from nanocodec.eval import EvalConfig
+
+        return EvalConfig
+    spec = importlib.util.spec_from_file_location(f"entry_{name[:-3]}", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return getattr(module, {"train.py": "TrainConfig", "sample.py": "SampleConfig"}[name])
+
+
+def run_entry(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *ENTRY_POINTS[name], *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+# train.py (issue 12 part A) still prints its own help without meanings, and TrainConfig lacks a
+# comment on some fields; drop this mark once it is merged.
+TRAIN_HELP_PENDING = pytest.mark.xfail(reason="train.py's help and TrainConfig comments: issue 12 part A", strict=False)
+NAMES = [pytest.param("train.py", marks=TRAIN_HELP_PENDING), "sample.py", "nanocodec.eval"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_option_has_a_meaning(name):
+    cls = entry_config(name)
+    meaning, _ = field_comments(cls)
+    assert [f.name for f in dataclasses.fields(cls) if not meaning.get(f.name)] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_lists_every_option_with_default_and_meaning(name):
+    done = run_entry(name, "--help")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    cls = entry_config(name)
+    meaning, _ = field_comments(cls)
+    lines = {line.split("=")[0].strip(): line for line in done.stdout.splitlines() if line.strip().startswith("--")}
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        shown = str(default).lower() if isinstance(default, bool) else repr(default)
+        assert f"--{field.name}={shown} " in lines.get(f"--{field.name}", "") + " ", f"--{field.name} of {name}"
+        assert meaning.get(field.name) and meaning[field.name] in lines[f"--{field.name}"]
+
+
+def test_short_help_and_a_positional_checkpoint(capsys):
+    from nanocodec import eval as evaluation
+
+    with pytest.raises(SystemExit) as stop:
+        evaluation.main(["-h"])  # not taken for a checkpoint named "-h"
+    assert stop.value.code == 0 and "--decode_samples=32" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        evaluation.main(["out/some-checkpoint", "-h"])
+    assert stop.value.code == 0
+    assert evaluation.split_argv(["ckpt", "--seeds=2"]) == ["--ckpt", "ckpt", "--seeds=2"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_in_eval():
+    from nanocodec import eval as evaluation
+
+    with pytest.raises(SystemExit) as stop:
+        evaluation.cli(["/nonexistent", "--device=cuda"])
+    assert "--device=cuda: this machine has no usable CUDA GPU" in stop.value.code and "\n" not in stop.value.code
