@@ -153,8 +153,7 @@ def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, 
             tokens, problem = prompt_problem(bundle, prefix)
             if problem:
                 raise SampleError(f"--prompt {file}: at --ratio={cfg.ratio:g} the prompt is {problem}; use a smaller "
-                                  f"--ratio (about {cfg.ratio * (bundle.model.config.max_seq_len - 1) / tokens:.2f} "
-                                  f"fits) or a checkpoint trained with a longer --context")
+                                  f"--ratio or a checkpoint trained with a longer --context")
         except (jpeg.ImageError, SampleError) as e:
             if len(files) == 1:
                 raise

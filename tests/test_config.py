@@ -174,3 +174,20 @@ def test_cuda_without_cuda_is_one_line_in_eval():
     with pytest.raises(SystemExit) as stop:
         evaluation.cli(["/nonexistent", "--device=cuda"])
     assert "--device=cuda: this machine has no usable CUDA GPU" in stop.value.code and "\n" not in stop.value.code
+
+
+def test_bench_modules_take_the_same_threads_and_device():
+    import argparse
+
+    from nanocodec.bench._timing import add_torch_options, apply_torch_options
+
+    parser = argparse.ArgumentParser()
+    add_torch_options(parser)
+    before = torch.get_num_threads()
+    try:
+        assert apply_torch_options(parser.parse_args(["--threads", "1"])) == torch.device("cpu")
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit, match="--threads must be >= 0"):
+            apply_torch_options(parser.parse_args(["--threads", "-2"]))
+    finally:
+        torch.set_num_threads(before)

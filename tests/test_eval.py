@@ -335,9 +335,13 @@ def test_sample_py_prompted_constrained_writes_valid_jpegs_and_a_grid(checkpoint
 
     prompt = checkpoint_dir / "images" / "im03.png"
     out = checkpoint_dir / "samples"
-    summary = sample_script.main([f"--ckpt={checkpoint_dir / 'ckpt'}", f"--prompt={prompt}", "--ratio=0.5",
-                                  "--num_samples=2", f"--out={out}", "--constrain", "--device=cpu", "--threads=1"])
-    assert torch.get_num_threads() == 1
+    threads = torch.get_num_threads()
+    try:
+        summary = sample_script.main([f"--ckpt={checkpoint_dir / 'ckpt'}", f"--prompt={prompt}", "--ratio=0.5",
+                                      "--num_samples=2", f"--out={out}", "--constrain", "--device=cpu", "--threads=1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert summary["samples"] == summary["valid"] == 2 and summary["repaired"] == 0
     assert "2 samples, 2 valid, 0 repaired;" in capsys.readouterr().out
     given = jpeg.prompt(jpeg.encode(prompt, size=SIZE), 0.5)
