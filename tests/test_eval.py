@@ -502,3 +502,11 @@ def test_video_checkpoint_mistakes_are_one_line(video_setup, sample_script, chec
     message = one_line_error(sample_script, [f"--ckpt={short}", f"--prompt={clip}", "--frames=3"])
     assert f"clip2.mp4: its first 3 frames are {tokens[3]} tokens, which fill the model's context" in message
     assert "use --frames=1 or fewer" in message  # 2 frames (the prompt and one more) fit, 3 do not
+
+
+def test_eval_prompts_longer_than_the_context_are_one_line(checkpoint_dir, tmp_path):
+    from nanocodec import eval as evaluation
+
+    ckpt = random_checkpoint(tmp_path / "short", checkpoint_dir / "data", 8)  # no val prompt fits in 8 tokens
+    message = one_line_error(evaluation, [str(ckpt), "--metrics=decode", "--decode_ratio=0.5", "--decode_samples=2"])
+    assert "--decode_ratio=0.5: the longest val prompt is" in message and "context of 8 tokens" in message
