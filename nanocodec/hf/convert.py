@@ -120,7 +120,8 @@ class SafetensorsWriter:
     """A safetensors file laid out up front (names, shapes, one dtype) and filled in any order.
 
     The header goes first; `write(name, tensor)` puts each tensor at its offset, so tensors can
-    arrive shard by shard and leave memory at once. `close` checks that every tensor was written.
+    arrive shard by shard and leave memory at once. Leaving the `with` block checks that every
+    tensor was written.
     """
 
     def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, metadata: dict[str, str]):
@@ -147,8 +148,14 @@ class SafetensorsWriter:
         self.file.write(data.view(torch.uint8).numpy().data if data.numel() else b"")
         self.written.add(name)
 
-    def close(self) -> None:
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Close the file; on a clean exit, check that every tensor was written."""
         self.file.close()
+        if kind is not None:
+            return
         missing = sorted(set(self.shapes) - self.written)
         if missing:
             raise HfError(f"no weights found for {len(missing)} tensors, e.g. {missing[:3]}")
@@ -307,11 +314,8 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         shapes = {k: tuple(v.shape) for k, v in Llama(c).state_dict().items()}
 
     def write(path: Path, metadata: dict[str, str]) -> None:
-        writer = SafetensorsWriter(path, shapes, out_dtype, metadata)
-        try:
+        with SafetensorsWriter(path, shapes, out_dtype, metadata) as writer:
             _stream_import(files, c, bool(hf.get("tie_word_embeddings", False)), writer)
-        finally:
-            writer.close()
 
     source = str(hf_dir.resolve())
     manifest = manifest_for(tokenizer, codec, f"imported from {source}")
@@ -371,13 +375,9 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             if rows is not None:
                 shape[0] = rows.stop - rows.start
             shapes[hf_name] = tuple(shape)
-        writer = SafetensorsWriter(out / "model.safetensors.tmp", shapes, dtype, {"format": "pt"})
-        try:
+        with SafetensorsWriter(out / "model.safetensors.tmp", shapes, dtype, {"format": "pt"}) as writer:
             for hf_name, ours, rows in tqdm(names, desc="export", unit="tensor", leave=False):
-                tensor = f.get_slice(ours)[rows] if rows is not None else f.get_tensor(ours)
-                writer.write(hf_name, tensor)
-        finally:
-            writer.close()
+                writer.write(hf_name, f.get_slice(ours)[rows] if rows is not None else f.get_tensor(ours))
     os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
     nanocodec_entry = {"kind": config.get("kind"), "codec": config.get("codec", {}), "step": config.get("step"),
                        "tokenizer": "sentencepiece-braille" if not isinstance(tokenizer, Tokenizer) else "bpe-latin1"}
