@@ -158,39 +158,31 @@ def constrained_pick(
     When every token of the filtered distribution is refused, the search goes on in the unfiltered
     softmax of `logits / temperature` (greedy: by descending logit), then in any token left, so a
     constraint that always admits some token is always satisfied. None when no token is accepted.
+
+    Resampling without replacement is one Gumbel-top-k order (Gumbel-max: the argmax of
+    log p + Gumbel noise is a sample of p, the following ones are the next draws without
+    replacement), so a step costs one draw plus, only after a refusal, one sort of the vocabulary,
+    not one pass over it per refused token: at a 32K vocabulary a refusing stretch of the stream
+    can refuse thousands of tokens in a row.
     """
-    greedy = temperature == 0
-    logits = logits.double().numpy()
-    tried = np.zeros(logits.shape[0], dtype=bool)
-
-    def unfiltered() -> np.ndarray:
-        finite = np.isfinite(logits)
-        full = np.zeros_like(logits)
-        if finite.any():
-            full[finite] = np.exp((logits[finite] - logits[finite].max()) / (1.0 if greedy else temperature))
-        return full
-
-    # The unfiltered softmax is built only when every filtered token was refused (rare).
-    for distribution in (probs.double().numpy, unfiltered):
-        p = np.where(tried, 0.0, np.nan_to_num(distribution(), nan=0.0, posinf=0.0))
-        while True:
-            total = p.sum()
-            if total <= 0:
-                break
-            if greedy:
-                token = int(p.argmax())
-            else:
-                u = float(torch.rand((), generator=generator, dtype=torch.float64)) * total
-                token = min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(p) - 1)
-                if p[token] == 0:  # u landed on the boundary of a zero-mass tail
-                    token = int(np.flatnonzero(p)[-1])
-            if constraint.accept(row, token):
-                return token
-            tried[token] = True
-            p[token] = 0.0
-    for token in np.argsort(-logits, kind="stable"):
-        if not tried[token] and constraint.accept(row, int(token)):
-            return int(token)
+    logits = logits.double()
+    probs = probs.double().nan_to_num(nan=0.0, posinf=0.0)
+    kept = probs > 0
+    finite = torch.isfinite(logits)
+    if temperature == 0:
+        key = logits.clone()
+    else:
+        gumbel = -torch.empty_like(logits).exponential_(generator=generator).log()
+        key = torch.where(kept, probs.log(), logits / temperature) + gumbel
+    # Three tiers, each in key order: the filtered distribution, the unfiltered one, any token left.
+    tier = torch.where(kept, 0, torch.where(finite, 1, 2))
+    key = torch.where(finite | kept, key, torch.zeros_like(key))
+    first = int(torch.where(tier == tier.min(), key, torch.full_like(key, float("-inf"))).argmax())
+    if constraint.accept(row, first):
+        return first
+    for token in np.lexsort((-key.numpy(), tier.numpy())).tolist():  # by tier, then key; ties: lowest id first
+        if token != first and constraint.accept(row, token):
+            return token
     return None
 
 

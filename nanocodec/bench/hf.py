@@ -1,0 +1,77 @@
+"""Per-token cost of `nanocodec.hf.JpegLogitsProcessor` inside transformers' `generate`.
+
+    python -m nanocodec.bench hf [--tokens 300] [--vocabs 579,32000] [--threads N]
+
+For each vocabulary size, a random 2-layer Llama (transformers) of that vocabulary generates from
+BOS with the paper's sampling (top-k 40, top-p 0.9), once plainly (EOS suppressed, `--tokens` new
+tokens) and once with the processor keeping the stream a valid JPEG with pinned 64x64 headers
+(until the stream is complete, at most `--tokens`). The tokenizer is byte-level BPE with random
+merges up to the vocabulary size (the 32K case is synthetic: a large vocabulary of multi-byte
+tokens). Prints seconds per token of each run, the processor's overhead per token and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+
+def _tokenizer(vocab: int, seed: int = 0):
+    from nanocodec.bpe import Tokenizer
+
+    rng = random.Random(seed)
+    merges = [(rng.randrange(256 + i), rng.randrange(256 + i)) for i in range(vocab - 256 - 3)]
+    return Tokenizer(merges, split="jpeg")
+
+
+def _model(vocab: int, tokens: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=tokens + 8)
+    return LlamaForCausalLM(config).eval()
+
+
+def _run(model, bos: int, eos: int, pad: int, tokens: int, processor=None) -> tuple[float, int, list[int]]:
+    torch.manual_seed(1)
+    kwargs = dict(do_sample=True, top_k=40, top_p=0.9, max_new_tokens=tokens, pad_token_id=pad, eos_token_id=eos)
+    if processor is None:
+        kwargs["suppress_tokens"] = [eos]
+    else:
+        kwargs["logits_processor"] = [processor]
+    began = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([[bos]]), **kwargs)
+    return time.perf_counter() - began, out.shape[1] - 1, out[0].tolist()
+
+
+def main(argv: list[str]) -> None:
+    from nanocodec import huffman
+    from nanocodec.hf import JpegLogitsProcessor
+    from nanocodec.sampling import jpeg_header
+
+    parser = argparse.ArgumentParser(prog="python -m nanocodec.bench hf", description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--vocabs", default="579,32000")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header = jpeg_header({"size": 64})
+    print(f"{args.tokens} tokens at most from BOS, batch 1, CPU, {torch.get_num_threads()} threads")
+    for vocab in (int(v) for v in args.vocabs.split(",")):
+        tokenizer = _tokenizer(vocab)
+        model = _model(tokenizer.vocab_size, args.tokens)
+        ids = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+        _run(model, *ids, 8)  # warm-up
+        plain_s, plain_n, _ = _run(model, *ids, args.tokens)
+        proc = JpegLogitsProcessor(tokenizer, [b""], header=header, top_k=40, top_p=0.9)
+        constrained_s, constrained_n, row = _run(model, *ids, args.tokens, proc)
+        plain, constrained = plain_s / plain_n, constrained_s / constrained_n
+        done = "complete and valid" if huffman.validate(proc.decode(row)).ok else "a valid prefix (cut at --tokens)"
+        print(f"vocab {tokenizer.vocab_size:6d}: plain generate {plain * 1e3:7.3f} ms/token (baseline, {plain_n} tokens); "
+              f"with JpegLogitsProcessor {constrained * 1e3:7.3f} ms/token ({constrained_n} tokens, stream {done}); "
+              f"overhead {(constrained - plain) * 1e3:6.3f} ms/token, ratio {constrained / plain:4.2f}x")
