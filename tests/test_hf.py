@@ -155,6 +155,17 @@ def test_import_sharded_safetensors_and_tied_embeddings(streams, tmp_path):
         assert_close_logits(our_logits(bundle.model, ids), hf_logits(model, ids))
 
 
+@pytest.mark.parametrize("preset", ["tiny", "1b", "7b"])
+def test_layout_from_the_config_is_the_models(preset):
+    from nanocodec.hf.convert import our_shapes
+    from nanocodec.model import Llama, ModelConfig
+
+    config = ModelConfig.preset(preset, vocab_size=579)
+    with torch.device("meta"):
+        model = Llama(config)
+    assert our_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def test_import_refuses_what_it_cannot_convert(streams, tmp_path):
     folder, _ = release_folder(tmp_path / "hf", streams)
     import_checkpoint(folder, tmp_path / "ckpt", codec={"size": SIZE})

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from nanocodec.hf import HfError
-from nanocodec.model import Llama, ModelConfig
+from nanocodec.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -310,8 +310,7 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         raise HfError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} ids, the model's vocab_size is {c.vocab_size}")
     files = weight_files(hf_dir)
     out_dtype = _first_dtype(files) if dtype == "auto" else DTYPES[dtype]
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in Llama(c).state_dict().items()}
+    shapes = our_shapes(c)
 
     def write(path: Path, metadata: dict[str, str]) -> None:
         with SafetensorsWriter(path, shapes, out_dtype, metadata) as writer:
@@ -331,6 +330,24 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
 
 
 # ----------------------------------------------------------------------------- export
+
+
+def our_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight of `Llama(c)`, from the config alone (building even a meta-device
+    model costs seconds of imports; tests check this against the model)."""
+    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (c.vocab_size, c.dim)}
+    for i in range(c.n_layers):
+        shapes.update({
+            f"layers.{i}.attention_norm.weight": (c.dim,),
+            f"layers.{i}.attention.wqkv.weight": ((c.n_heads + 2 * c.n_kv_heads) * c.head_dim, c.dim),
+            f"layers.{i}.attention.wo.weight": (c.dim, c.n_heads * c.head_dim),
+            f"layers.{i}.ffn_norm.weight": (c.dim,),
+            f"layers.{i}.feed_forward.w1.weight": (c.hidden_dim, c.dim),
+            f"layers.{i}.feed_forward.w3.weight": (c.hidden_dim, c.dim),
+            f"layers.{i}.feed_forward.w2.weight": (c.dim, c.hidden_dim),
+        })
+    shapes.update({"norm.weight": (c.dim,), "output.weight": (c.vocab_size, c.dim)})
+    return shapes
 
 
 def _hf_names(c: ModelConfig) -> Iterator[tuple[str, str, slice | None]]:
