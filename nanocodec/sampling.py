@@ -159,30 +159,29 @@ def constrained_pick(
     softmax of `logits / temperature` (greedy: by descending logit), then in any token left, so a
     constraint that always admits some token is always satisfied. None when no token is accepted.
 
-    Resampling without replacement is one Gumbel-top-k order (Gumbel-max: the argmax of
+    Resampling without replacement is one Gumbel-top-k order per tier (Gumbel-max: the argmax of
     log p + Gumbel noise is a sample of p, the following ones are the next draws without
-    replacement), so a step costs one draw plus, only after a refusal, one sort of the vocabulary,
-    not one pass over it per refused token: at a 32K vocabulary a refusing stretch of the stream
-    can refuse thousands of tokens in a row.
+    replacement). A step then costs a sort of the few tokens top-k/top-p keep, and a sort of the
+    vocabulary only once all of those are refused, never one pass over the vocabulary per refused
+    token (at a 32K vocabulary, a stretch of the stream can refuse thousands in a row).
     """
     logits = logits.double()
     probs = probs.double().nan_to_num(nan=0.0, posinf=0.0)
     kept = probs > 0
     finite = torch.isfinite(logits)
-    if temperature == 0:
-        key = logits.clone()
-    else:
-        gumbel = -torch.empty_like(logits).exponential_(generator=generator).log()
-        key = torch.where(kept, probs.log(), logits / temperature) + gumbel
-    # Three tiers, each in key order: the filtered distribution, the unfiltered one, any token left.
-    tier = torch.where(kept, 0, torch.where(finite, 1, 2))
-    key = torch.where(finite | kept, key, torch.zeros_like(key))
-    first = int(torch.where(tier == tier.min(), key, torch.full_like(key, float("-inf"))).argmax())
-    if constraint.accept(row, first):
-        return first
-    for token in np.lexsort((-key.numpy(), tier.numpy())).tolist():  # by tier, then key; ties: lowest id first
-        if token != first and constraint.accept(row, token):
-            return token
+    # Three tiers: the filtered distribution (top-k: a few tokens), the unfiltered one, any token left.
+    for tier, scores in ((kept, probs.log()), (finite & ~kept, logits / (temperature or 1.0)), (~(finite | kept), None)):
+        ids = tier.nonzero().squeeze(1)
+        if scores is None:
+            order = ids  # no distribution left to follow: by id
+        elif temperature == 0:
+            order = ids[logits[ids].argsort(descending=True, stable=True)]
+        else:
+            gumbel = -torch.empty(len(ids), dtype=torch.float64).exponential_(generator=generator).log()
+            order = ids[(scores[ids] + gumbel).argsort(descending=True, stable=True)]
+        for token in order.tolist():
+            if constraint.accept(row, token):
+                return token
     return None
 
 

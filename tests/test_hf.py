@@ -210,6 +210,24 @@ def test_cli_import_then_sample_constrain_gives_valid_jpegs(streams, tmp_path):
             assert im.size == (SIZE, SIZE)
 
 
+def test_eval_runs_on_the_imported_model_with_data_tokenized_by_its_tokenizer(streams, tmp_path):
+    from nanocodec import demo, eval as evaluate
+    from nanocodec.prepare import prepare
+
+    folder, model = release_folder(tmp_path / "hf", streams)
+    import_checkpoint(folder, tmp_path / "ckpt", codec={"size": SIZE})
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(demo.render_images(demo.image_crops(12, seed=5), 48)):
+        im.save(tmp_path / "images" / f"{i}.png")
+    manifest = prepare("jpeg", str(tmp_path / "images"), tmp_path / "data", size=SIZE,
+                       tokenizer=str(tmp_path / "ckpt" / "tokenizer.json"), val_fraction=0.5, workers=1)
+    assert manifest["tokenizer_sha256"] == load_for_inference(tmp_path / "ckpt").tokenizer.sha256
+    report = evaluate.run(evaluate.EvalConfig(ckpt=str(tmp_path / "ckpt"), data=str(tmp_path / "data"), metrics="bpb"))
+    bpb = report["bits_per_byte"]
+    assert bpb["whole_split"] and 0 < bpb["bits_per_byte"] < 64
+    assert sum(r["bytes"] for r in bpb["regions"].values()) == bpb["bytes"] == manifest["splits"]["val"]["codec_bytes"]
+
+
 def load_module(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -21,11 +21,23 @@ import time
 import torch
 
 
-def _tokenizer(vocab: int, seed: int = 0):
+def _tokenizer(vocab: int, streams: list[bytes], seed: int = 0):
+    """Byte-level BPE of `vocab` ids whose merges spell substrings of real JPEG streams: at a random
+    place of a random stream, the longest token there grows by the next byte."""
     from nanocodec.bpe import Tokenizer
 
     rng = random.Random(seed)
-    merges = [(rng.randrange(256 + i), rng.randrange(256 + i)) for i in range(vocab - 256 - 3)]
+    ids = {bytes([b]): b for b in range(256)}
+    merges: list[tuple[int, int]] = []
+    while len(merges) < vocab - 256 - 3:
+        data = rng.choice(streams)
+        start, end = rng.randrange(len(data) - 1), 0
+        end = start + 1
+        while end < len(data) and data[start : end + 1] in ids:
+            end += 1
+        if end < len(data):
+            ids[data[start : end + 1]] = 256 + len(merges)
+            merges.append((ids[data[start:end]], data[end]))
     return Tokenizer(merges, split="jpeg")
 
 
@@ -34,7 +46,7 @@ def _model(vocab: int, tokens: int):
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=tokens + 8)
+                         num_key_value_heads=2, max_position_embeddings=tokens + 1024)
     return LlamaForCausalLM(config).eval()
 
 
@@ -63,10 +75,13 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from nanocodec import demo, jpeg
+
     header = jpeg_header({"size": 64})
+    streams = [jpeg.encode(im, size=64) for im in demo.render_images(demo.image_crops(64, seed=0), 64)]
     print(f"{args.tokens} tokens at most from BOS, batch 1, CPU, {torch.get_num_threads()} threads")
     for vocab in (int(v) for v in args.vocabs.split(",")):
-        tokenizer = _tokenizer(vocab)
+        tokenizer = _tokenizer(vocab, streams)
         model = _model(tokenizer.vocab_size, args.tokens)
         eos, pad = tokenizer.eos_id, tokenizer.pad_id
         for name, prefix in (("prompted with the headers", header), ("unconditional, headers pinned", b"")):
