@@ -407,7 +407,8 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         files["tokenizer_config.json"] = {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c.max_seq_len,
             "bos_token": names_of[tokenizer.bos_id], "eos_token": names_of[tokenizer.eos_id],
-            "pad_token": names_of[tokenizer.pad_id], "clean_up_tokenization_spaces": False}
+            "pad_token": names_of[tokenizer.pad_id], "clean_up_tokenization_spaces": False,
+            "split_special_tokens": True}  # the bytes "<eos>" in a stream are bytes, not the EOS token
     else:
         tokenizer.write_model(out / "tokenizer.model")
         sp = tokenizer.sp
