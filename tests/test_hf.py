@@ -166,6 +166,18 @@ def test_layout_from_the_config_is_the_models(preset):
     assert our_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def test_imported_release_exports_back_to_a_folder_transformers_loads(streams, tmp_path):
+    folder, model = release_folder(tmp_path / "hf", streams, byte_fallback=True)
+    import_checkpoint(folder, tmp_path / "ckpt", codec={"size": SIZE})
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (folder / "tokenizer.model").read_bytes()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["nanocodec"]["codec"]["size"] == SIZE and config["pad_token_id"] == 0  # <unk> pads
+    ids = SentencePieceTokenizer.from_file(folder / "tokenizer.model").encode(streams[5], bos=True)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert_close_logits(hf_logits(again, ids), hf_logits(model, ids))
+
+
 def test_import_refuses_what_it_cannot_convert(streams, tmp_path):
     folder, _ = release_folder(tmp_path / "hf", streams)
     import_checkpoint(folder, tmp_path / "ckpt", codec={"size": SIZE})

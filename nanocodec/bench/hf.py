@@ -64,7 +64,7 @@ def _run(model, prompt: list[int], eos: int, pad: int, tokens: int, processor=No
 
 
 def main(argv: list[str]) -> None:
-    from nanocodec import huffman
+    from nanocodec import demo, huffman, jpeg
     from nanocodec.hf import JpegLogitsProcessor
     from nanocodec.sampling import jpeg_header
 
@@ -75,8 +75,6 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nanocodec import demo, jpeg
-
     header = jpeg_header({"size": 64})
     streams = [jpeg.encode(im, size=64) for im in demo.render_images(demo.image_crops(64, seed=0), 64)]
     print(f"{args.tokens} tokens at most from BOS, batch 1, CPU, {torch.get_num_threads()} threads")
