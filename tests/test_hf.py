@@ -19,7 +19,7 @@ sentencepiece = pytest.importorskip("sentencepiece")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from nanocodec import huffman, jpeg  # noqa: E402
+from nanocodec import checkpoint, huffman, jpeg  # noqa: E402
 from nanocodec.checkpoint import load_for_inference  # noqa: E402
 from nanocodec.hf import HfError, JpegLogitsProcessor  # noqa: E402
 from nanocodec.hf.convert import export_checkpoint, import_checkpoint  # noqa: E402
@@ -137,6 +137,8 @@ def test_import_gives_transformers_logits(streams, tmp_path, dtype):
     assert bundle.manifest["codec"] == {"size": SIZE, "quality": 25, "subsampling": "4:2:0", "restart_blocks": 1}
     reference = model if dtype == torch.float32 else AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert bundle.model.tok_embeddings.weight.dtype == dtype
+    config, weights, state = checkpoint.load_training(tmp_path / "ckpt")  # what a resume reads
+    assert state["step"] == config["step"] == 0 and set(weights) == set(bundle.model.state_dict())
     saved = torch.load(folder / "pytorch_model.bin", weights_only=True)  # the weights are the file's, bit for bit
     assert torch.equal(bundle.model.layers[1].feed_forward.w2.weight, saved["model.layers.1.mlp.down_proj.weight"])
     ids = bundle.tokenizer.encode(streams[0], bos=True)

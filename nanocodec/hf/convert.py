@@ -241,7 +241,7 @@ def _stream_import(files: list[Path], c: ModelConfig, tied: bool, writer: Safete
         raise HfError(f"layer {layer}: only {sorted(parts)} of q/k/v projections found in the weights")
 
 
-def _load_hf_tokenizer(hf_dir: Path, vocab_size: int):
+def load_hf_tokenizer(hf_dir: Path, vocab_size: int | None = None):
     """The folder's tokenizer: SentencePiece tokenizer.model (the release), or the tokenizer.json
     with latin-1 bytes that `export_checkpoint` writes."""
     from nanocodec.hf.tokenizer import SentencePieceTokenizer
@@ -305,7 +305,7 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         raise HfError(f"codec settings {codec}: {e}") from None
     hf = _read_json(hf_dir / "config.json")
     c = model_config_from_hf(hf, str(hf_dir / "config.json"))
-    tokenizer = _load_hf_tokenizer(hf_dir, c.vocab_size)
+    tokenizer = load_hf_tokenizer(hf_dir, c.vocab_size)
     if tokenizer.vocab_size > c.vocab_size:
         raise HfError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} ids, the model's vocab_size is {c.vocab_size}")
     files = weight_files(hf_dir)

@@ -29,14 +29,15 @@ import torch
 from nanocodec.hf import HfError
 from nanocodec.sampling import JpegConstraint, constrained_pick, filtered_probs, jpeg_header
 
-# HF GenerationConfig's defaults, used when a folder has no generation_config.json.
-HF_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+# HF GenerationConfig's defaults, for what a folder's generation_config.json leaves out (top-k 50 and
+# top-p 1 are also the release script's defaults).
+HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 
 def load_folder(path: str | Path) -> tuple[object, dict, dict]:
     """(tokenizer, codec settings or {}, sampling settings) of a nanocodec checkpoint or a HF folder."""
     from nanocodec import checkpoint
-    from nanocodec.hf.convert import PAPER_SAMPLING, _load_hf_tokenizer
+    from nanocodec.hf.convert import PAPER_SAMPLING, load_hf_tokenizer
 
     path = Path(path)
     try:
@@ -45,20 +46,19 @@ def load_folder(path: str | Path) -> tuple[object, dict, dict]:
         raise HfError(f"{path}: no readable config.json ({e}); expected a nanocodec checkpoint or a HF model folder") from None
     if "version" in config and "model" in config:  # a nanocodec checkpoint
         config = checkpoint.load_config(path)
-        return checkpoint.load_tokenizer(path / checkpoint.TOKENIZER), config.get("codec", {}), dict(PAPER_SAMPLING)
-    tokenizer = _load_hf_tokenizer(path, int(config["vocab_size"]))
+        paper = {k: PAPER_SAMPLING[k] for k in HF_DEFAULTS}
+        return checkpoint.load_tokenizer(path / checkpoint.TOKENIZER), config.get("codec", {}), paper
+    tokenizer = load_hf_tokenizer(path, config.get("vocab_size"))
     sampling = dict(HF_DEFAULTS)
     if (path / "generation_config.json").is_file():
         generation = json.loads((path / "generation_config.json").read_text())
-        sampling.update({k: generation[k] for k in HF_DEFAULTS if k in generation})
+        sampling.update({k: generation[k] for k in HF_DEFAULTS if generation.get(k) is not None})
     return tokenizer, (config.get("nanocodec") or {}).get("codec", {}), sampling
 
 
-def _settings(sampling: dict, overrides: dict) -> dict:
-    s = {**sampling, **{k: v for k, v in overrides.items() if v is not None}}
-    if not s["do_sample"]:
-        s["temperature"] = 0.0
-    return s
+def _settings(do_sample: bool, temperature: float, top_k: int, top_p: float) -> dict:
+    """What `choose` samples with; greedy search is temperature 0."""
+    return {"temperature": temperature if do_sample else 0.0, "top_k": top_k, "top_p": top_p}
 
 
 def choose(constraint: JpegConstraint, row: int, logits: torch.Tensor, s: dict, generator: torch.Generator | None) -> int | None:
@@ -93,22 +93,23 @@ class JpegLogitsProcessor(_HFLogitsProcessor):
                  generator: torch.Generator | None = None) -> None:
         self.tokenizer, self.header, self.generator = tokenizer, bytes(header), generator
         self.prompts = None if prompts is None else [bytes(p) for p in prompts]
-        self.settings = _settings({"do_sample": do_sample, "temperature": temperature, "top_k": top_k, "top_p": top_p}, {})
+        self.settings = _settings(do_sample, temperature, top_k, top_p)
         self.constraint: JpegConstraint | None = None
         self.picked: list[int | None] = []
         self.stuck: list[bool] = []
 
     @classmethod
     def from_pretrained(cls, path: str | Path, prompts: Sequence[bytes] | None = None, *, pin_header: bool = True,
-                        do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                        do_sample: bool = True, temperature: float | None = None, top_k: int | None = None,
                         top_p: float | None = None, generator: torch.Generator | None = None) -> "JpegLogitsProcessor":
-        """From a HF folder (ours or the release) or a nanocodec checkpoint; sampling settings not
-        given come from its generation_config.json (a checkpoint: the paper's top-k 40 / top-p 0.9)."""
+        """From a HF folder (ours or the release) or a nanocodec checkpoint. Sampling settings not
+        given come from its generation_config.json (else HF's defaults; a checkpoint: the paper's
+        top-k 40 / top-p 0.9); it samples unless do_sample=False, as the paper and the release do."""
         tokenizer, codec, sampling = load_folder(path)
-        s = _settings(sampling, {"do_sample": do_sample, "temperature": temperature, "top_k": top_k, "top_p": top_p})
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        s = {**sampling, **{k: v for k, v in given.items() if v is not None}}
         header = jpeg_header(codec) if pin_header and "size" in codec else b""
-        return cls(tokenizer, prompts, header=header, do_sample=s["temperature"] > 0, temperature=s["temperature"] or 1.0,
-                   top_k=s["top_k"], top_p=s["top_p"], generator=generator)
+        return cls(tokenizer, prompts, header=header, do_sample=do_sample, generator=generator, **s)
 
     def decode(self, ids) -> bytes:
         """The codec bytes of a generated row (prompt included; BOS, EOS and padding dropped)."""
@@ -203,8 +204,7 @@ if _VllmAdapter is not None:
         def new_req_logits_processor(self, params):
             if not (params.extra_args or {}).get("jpeg"):
                 return None
-            settings = _settings({"do_sample": params.temperature > 0, "temperature": params.temperature,
-                                  "top_k": max(params.top_k, 0), "top_p": params.top_p}, {})
+            settings = _settings(params.temperature > 0, params.temperature, max(params.top_k, 0), params.top_p)
             return _VllmRequest(self.tokenizer, self.header, settings, params.seed)
 else:
 

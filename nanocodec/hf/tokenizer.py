@@ -135,7 +135,7 @@ class SentencePieceTokenizer:
         """The codec bytes of a token sequence: control, <unk> and padding ids dropped, byte-fallback
         runs reassembled into characters (an incomplete one is dropped)."""
         utf8, texts, table = bytearray(), self._text, self._table
-        for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64).reshape(-1).tolist():
+        for i in np.asarray(list(ids), dtype=np.int64).reshape(-1).tolist():
             if not 0 <= i < len(table):
                 raise ValueError(f"token id {i} is outside the vocabulary [0, {len(table)})")
             if i in self._byte:
