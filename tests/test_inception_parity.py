@@ -18,7 +18,8 @@ def _pytorch_fid():
         from pytorch_fid import fid_score
         from pytorch_fid import inception as theirs
     except Exception as e:  # a broken torchvision raises RuntimeError/OSError, not only ImportError
-        pytest.skip(f"pytorch-fid does not import here ({type(e).__name__}: {e})")
+        pytest.skip(f"pytorch-fid does not import here ({type(e).__name__}: {e}); "
+                    'pip install -e ".[fid]" beside a CUDA torch (see this module\'s docstring)')
     return theirs, fid_score
 
 
