@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
