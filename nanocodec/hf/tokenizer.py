@@ -159,11 +159,6 @@ class SentencePieceTokenizer:
         """Hex SHA-256 of the saved file text (what a data manifest records)."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
-    def save(self, path: str | os.PathLike) -> None:
-        from nanocodec.bpe import _write_atomic
-
-        _write_atomic(path, self.to_json())
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
         try:
