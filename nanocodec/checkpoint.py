@@ -24,7 +24,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -72,24 +72,52 @@ def save(
     data_dir: str | os.PathLike,
 ) -> None:
     """Write a complete checkpoint for `step` into `out_dir`, atomically (see the module docstring)."""
-    out, data = Path(out_dir), Path(data_dir)
-    manifest_text = (data / MANIFEST).read_text()
+    data = Path(data_dir)
+    save_files(out_dir, weights, state, step=step, model_config=model_config, train_config=train_config,
+               data_path=str(data.resolve()), manifest_text=(data / MANIFEST).read_text(),
+               tokenizer_text=(data / TOKENIZER).read_text())
+
+
+def save_files(
+    out_dir: str | os.PathLike,
+    weights: dict[str, torch.Tensor] | Callable[[Path, dict[str, str]], None],
+    state: dict,
+    *,
+    step: int,
+    model_config: dict,
+    train_config: dict,
+    data_path: str,
+    manifest_text: str,
+    tokenizer_text: str,
+    extra: dict | None = None,
+) -> None:
+    """`save` from the texts of the manifest and tokenizer rather than a data folder.
+
+    `weights` is a state dict, or a function `write(path, metadata)` that writes the safetensors
+    file itself (nanocodec.hf streams a 7B import tensor by tensor); `extra` adds config.json
+    entries (nanocodec.hf records where an imported model came from).
+    """
+    out = Path(out_dir)
     manifest = json.loads(manifest_text)
     config = {
         "version": VERSION,
         "step": step,
         "model": model_config,
         "train": train_config,
-        "data": {"path": str(data.resolve()), "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest()},
+        "data": {"path": data_path, "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest()},
         "kind": manifest.get("kind"),
         "codec": manifest.get("codec", {}),
+        **(extra or {}),
     }
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # the remains of a save that was killed
     staging.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS, metadata={"step": str(step)})
+    if callable(weights):
+        weights(staging / WEIGHTS, {"step": str(step)})
+    else:
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS, metadata={"step": str(step)})
     torch.save({**state, "step": step}, staging / STATE)
-    shutil.copyfile(data / TOKENIZER, staging / TOKENIZER)
+    (staging / TOKENIZER).write_text(tokenizer_text)
     (staging / MANIFEST).write_text(manifest_text)
     (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     for name in FILES:
@@ -224,10 +252,33 @@ def load_training(ckpt_dir: str | os.PathLike, weights: bool = True) -> tuple[di
     return _first_good(ckpt_dir, load)
 
 
-def load_for_inference(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
-    """The trained model on `device` in eval mode, with its tokenizer, config and data manifest."""
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer in a checkpoint's tokenizer.json: nanocodec BPE, or the SentencePiece model of
+    a checkpoint imported from HF (nanocodec.hf.tokenizer), as the file's "format" says."""
     from nanocodec.bpe import BpeError, Tokenizer
 
+    path = Path(path)
+    try:
+        kind = json.loads(path.read_text()).get("format")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a complete checkpoint directory)") from None
+    except (OSError, ValueError, AttributeError):
+        kind = None  # the BPE loader names the problem
+    if kind == "nanocodec-sentencepiece":
+        from nanocodec.hf import HfError
+        from nanocodec.hf.tokenizer import SentencePieceTokenizer
+
+        loader, errors = SentencePieceTokenizer.load, (HfError, ImportError)
+    else:
+        loader, errors = Tokenizer.load, (BpeError,)
+    try:
+        return loader(path)
+    except errors as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_for_inference(ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
+    """The trained model on `device` in eval mode, with its tokenizer, config and data manifest."""
     def load(ckpt: Path) -> Bundle:
         config = _read_config(ckpt)
         model_config = _model_config(ckpt, config)
@@ -239,12 +290,7 @@ def load_for_inference(ckpt_dir: str | os.PathLike, device: str | torch.device =
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt / WEIGHTS}: weights do not fit the model in config.json ({e})") from None
         model.init_rope()
-        try:
-            tokenizer = Tokenizer.load(ckpt / TOKENIZER)
-        except FileNotFoundError:
-            raise CheckpointError(f"{ckpt / TOKENIZER}: missing (not a complete checkpoint directory)") from None
-        except BpeError as e:
-            raise CheckpointError(f"{ckpt / TOKENIZER}: {e}") from None
+        tokenizer = load_tokenizer(ckpt / TOKENIZER)
         if tokenizer.vocab_size > model_config.vocab_size:
             raise CheckpointError(f"{ckpt / TOKENIZER}: {tokenizer.vocab_size} tokens, "
                                   f"but the model knows only {model_config.vocab_size}")

@@ -197,6 +197,16 @@ def is_val(name: str, val_fraction: float) -> bool:
 _worker: dict[str, Any] = {}
 
 
+def _load_tokenizer(path: str | os.PathLike):
+    """A tokenizer file: nanocodec BPE, or the SentencePiece one of a checkpoint imported from HF."""
+    from nanocodec.checkpoint import CheckpointError, load_tokenizer
+
+    try:
+        return load_tokenizer(path)
+    except CheckpointError as e:
+        raise PrepareError(str(e)) from None
+
+
 def _init_worker(kind: str, codec: dict, tokenizer_path: str) -> None:
     _worker.clear()
     _worker.update(kind=kind, codec=codec, tokenizer_path=tokenizer_path, tokenizer=None)
@@ -279,7 +289,7 @@ def _work(payloads: list[Any], tokenize: bool) -> list[tuple[Any, str | None]]:
     if not tokenize:
         return encoded
     if _worker["tokenizer"] is None:
-        _worker["tokenizer"] = bpe.Tokenizer.load(_worker["tokenizer_path"])
+        _worker["tokenizer"] = _load_tokenizer(_worker["tokenizer_path"])
     good = [data for data, _ in encoded if data is not None]
     tokens = iter(_worker["tokenizer"].encode_batch(good, bos=True, eos=True))
     return [((len(data), next(tokens).astype(np.uint16)), None) if data is not None else (None, reason)
@@ -458,10 +468,10 @@ def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], kind: 
     """Load, copy in, or learn the tokenizer; out/tokenizer.json holds it afterwards."""
     path = out / TOKENIZER
     if given is not None:
-        tok = bpe.Tokenizer.load(given)
+        tok = _load_tokenizer(given)
         origin = {"from": str(given)}
     elif path.exists():  # a resumed run: the settings matched, so this is the tokenizer it learned
-        tok = bpe.Tokenizer.load(path)
+        tok = _load_tokenizer(path)
         origin = json.loads((out / STATE / "tokenizer.json").read_text())
     else:
         sample = sorted(random.Random(f"tokenizer-{seed}").sample(train_idx, min(docs, len(train_idx))))
@@ -482,8 +492,10 @@ def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], kind: 
         _write_atomic(out / STATE / "tokenizer.json", _json_bytes(origin))
     if tok.vocab_size > 2**16:
         raise PrepareError(f"tokenizer has {tok.vocab_size} ids; shards store uint16 (at most 65536)")
-    if not {"<bos>", "<eos>", "<pad>"} <= set(tok.specials):
-        raise PrepareError(f"tokenizer {given or path} lacks <bos>, <eos> or <pad> (it has {list(tok.specials)})")
+    try:
+        tok.bos_id, tok.eos_id, tok.pad_id
+    except KeyError as e:
+        raise PrepareError(f"tokenizer {given or path}: {e.args[0]}") from None
     if not path.exists() or path.read_text() != tok.to_json():
         _write_atomic(path, tok.to_json().encode("utf-8"))  # the text whose hash tok.sha256 is
     return tok, origin
@@ -583,7 +595,7 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
         "format_version": FORMAT_VERSION, "kind": kind, "codec": codec, "source": src.description,
         "files_sha256": hashlib.sha256("\n".join(src.names).encode("utf-8")).hexdigest(),
         "merges": merges, "tokenizer_docs": tokenizer_docs,
-        "tokenizer": bpe.Tokenizer.load(tokenizer).sha256 if tokenizer is not None else None,
+        "tokenizer": _load_tokenizer(tokenizer).sha256 if tokenizer is not None else None,
         "val_fraction": val_fraction, "limit": limit, "seed": seed, "shard_files": shard_files,
         "versions": _versions(),  # other codec libraries may write other bytes: no mixing on resume
     }
@@ -621,7 +633,7 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
         "seed": seed, "val_fraction": val_fraction, "limit": limit, "shard_files": shard_files,
         "dtype": "uint16",
         "tokenizer_sha256": tok.sha256,
-        "tokenizer": {"merges": len(tok.merges), "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+        "tokenizer": {"merges": len(getattr(tok, "merges", ())), "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
                       "eos_id": tok.eos_id, "pad_id": tok.pad_id, **origin},
         "splits": splits,
         "skipped": skipped,
@@ -655,7 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qp", type=int, default=37, help="H.264 constant QP (default 37)")
     parser.add_argument("--merges", type=int, help="BPE merges (default 320 jpeg, 1024 avc)")
     parser.add_argument("--tokenizer-docs", type=int, default=10000, help="files to learn BPE on (default 10000)")
-    parser.add_argument("--tokenizer", help="reuse this tokenizer.json instead of learning one")
+    parser.add_argument("--tokenizer", help="reuse this tokenizer.json instead of learning one (a checkpoint's: "
+                        "also the SentencePiece one of a model imported with python -m nanocodec.hf)")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--workers", type=int, help="processes (default: every core)")
     parser.add_argument("--limit", type=int, help="use at most N files (a seeded sample); demo: N items")

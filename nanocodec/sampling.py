@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -158,39 +157,30 @@ def constrained_pick(
     When every token of the filtered distribution is refused, the search goes on in the unfiltered
     softmax of `logits / temperature` (greedy: by descending logit), then in any token left, so a
     constraint that always admits some token is always satisfied. None when no token is accepted.
+
+    Resampling without replacement is one Gumbel-top-k order per tier (Gumbel-max: the argmax of
+    log p + Gumbel noise is a sample of p, the following ones are the next draws without
+    replacement). A step then costs a sort of the few tokens top-k/top-p keep, and a sort of the
+    vocabulary only once all of those are refused, never one pass over the vocabulary per refused
+    token (at a 32K vocabulary, a stretch of the stream can refuse thousands in a row).
     """
-    greedy = temperature == 0
-    logits = logits.double().numpy()
-    tried = np.zeros(logits.shape[0], dtype=bool)
-
-    def unfiltered() -> np.ndarray:
-        finite = np.isfinite(logits)
-        full = np.zeros_like(logits)
-        if finite.any():
-            full[finite] = np.exp((logits[finite] - logits[finite].max()) / (1.0 if greedy else temperature))
-        return full
-
-    # The unfiltered softmax is built only when every filtered token was refused (rare).
-    for distribution in (probs.double().numpy, unfiltered):
-        p = np.where(tried, 0.0, np.nan_to_num(distribution(), nan=0.0, posinf=0.0))
-        while True:
-            total = p.sum()
-            if total <= 0:
-                break
-            if greedy:
-                token = int(p.argmax())
-            else:
-                u = float(torch.rand((), generator=generator, dtype=torch.float64)) * total
-                token = min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(p) - 1)
-                if p[token] == 0:  # u landed on the boundary of a zero-mass tail
-                    token = int(np.flatnonzero(p)[-1])
+    logits = logits.double()
+    probs = probs.double().nan_to_num(nan=0.0, posinf=0.0)
+    kept = probs > 0
+    finite = torch.isfinite(logits)
+    # Three tiers: the filtered distribution (top-k: a few tokens), the unfiltered one, any token left.
+    for tier, scores in ((kept, probs.log()), (finite & ~kept, logits / (temperature or 1.0)), (~(finite | kept), None)):
+        ids = tier.nonzero().squeeze(1)
+        if scores is None:
+            order = ids  # no distribution left to follow: by id
+        elif temperature == 0:
+            order = ids[logits[ids].argsort(descending=True, stable=True)]
+        else:
+            gumbel = -torch.empty(len(ids), dtype=torch.float64).exponential_(generator=generator).log()
+            order = ids[(scores[ids] + gumbel).argsort(descending=True, stable=True)]
+        for token in order.tolist():
             if constraint.accept(row, token):
                 return token
-            tried[token] = True
-            p[token] = 0.0
-    for token in np.argsort(-logits, kind="stable"):
-        if not tried[token] and constraint.accept(row, int(token)):
-            return int(token)
     return None
 
 
