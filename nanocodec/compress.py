@@ -321,6 +321,7 @@ class Compressor:
 
         if threads < 1:
             raise CompressError(f"--threads must be >= 1 (recorded in each container), got {threads}")
+        self.ckpt = Path(ckpt)
         self.bundle = load_for_inference(ckpt, device="cpu")
         kind = self.bundle.config.get("kind") or self.bundle.manifest.get("kind")
         if kind != "jpeg":

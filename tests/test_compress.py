@@ -264,7 +264,7 @@ def test_a_container_naming_a_path_is_refused(random_ckpts):
 
 def test_cli_skips_bad_files_keeps_existing_outputs_and_exits_1(random_ckpts, tmp_path, capsys):
     compressor = random_ckpts[16]
-    ckpt = str(Path(compressor.bundle.config["data"]["path"]).parent / "ckpt")
+    ckpt = str(compressor.ckpt)
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     good.write_bytes(jpeg.encode(picture(16, 4, 0.9), size=16))
     bad.write_bytes(pillow_jpeg(picture(16, 4, 0.9), quality=90, restart_marker_blocks=1))
@@ -314,3 +314,43 @@ def test_compress_surprise_and_eval_surprise_write_pictures(trained, tmp_path):
     assert report["surprise"]["images"] == 2 and report["surprise"]["mean_bits_per_mcu"] > 0
     column = Image.open(tmp_path / "eval" / "surprise.png")
     assert column.height >= 2 * 256
+
+
+# --- the bench ---------------------------------------------------------------------------------------
+
+
+def test_bench_compares_every_method_on_the_same_files_and_reports_refusals(random_ckpts, tmp_path, capsys):
+    from nanocodec.bench import compress as bench
+
+    compressor = random_ckpts[16]
+    ckpt = str(compressor.ckpt)
+    for i in range(2):
+        (tmp_path / f"im{i}.jpg").write_bytes(jpeg.restore(jpeg.encode(picture(16, 20 + i, 0.9), size=16)))
+    bench.main([f"--ckpt={ckpt}", f"--source={tmp_path}", "--repeats=1", f"--json={tmp_path / 'r.json'}"])
+    report = json.loads((tmp_path / "r.json").read_text())
+    originals = sum(len((tmp_path / f"im{i}.jpg").read_bytes()) for i in range(2))
+    for name in ("ours", "Lepton", "JPEG XL", "xz -9e"):
+        row = report["methods"][name]
+        assert row["files"] == 2 and row["original_bytes"] == originals and 0 < row["ratio"]
+    ours = report["regions"]["ours"]
+    assert sum(ours["original_bytes"].values()) == originals and ours["table_bytes"] > 0
+    assert report["methods"]["ours"]["coded_bytes"] * 8 == pytest.approx(
+        sum(ours["bits"].values()) + ours["container_and_coding_bits"])
+    assert "entropy-coded data" in capsys.readouterr().out
+    bench.main([f"--ckpt={random_ckpts[32].ckpt}", f"--source={tmp_path}", "--repeats=1"])
+    assert "| ours | 0 | refused all 2: CompressError: size 16x16" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_many_files_round_trip_through_a_fresh_process(trained, tmp_path):
+    compressor, root = trained
+    originals = {f"f{i:02d}.jpg": jpeg.restore(jpeg.encode(picture(32, 1000 + i, (i % 10) / 10), size=32)) for i in range(40)}
+    for name, data in originals.items():
+        (tmp_path / name).write_bytes(data)
+    assert main([str(root / "ckpt"), *(str(tmp_path / n) for n in originals), "--out", str(tmp_path / "c")]) == 0
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-m", "nanocodec.compress", str(root / "ckpt"), "--decompress",
+                           *sorted(str(p) for p in (tmp_path / "c").glob("*.nclm")), "--out", str(tmp_path / "d")],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr
+    assert {name: (tmp_path / "d" / name).read_bytes() for name in originals} == originals
