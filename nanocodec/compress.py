@@ -29,7 +29,9 @@ Container, version 1 (integers little-endian):
   ..     range-coder payload (32-bit words)
   -4  4  crc32 of every byte before it
 Device, dtype, kernels path and threads are what the decoder must match: it refuses another device,
-dtype or kernels path and runs with the recorded threads. fp32 results can still change with the
+dtype or kernels path and runs with the recorded threads. Both matter: for the demo checkpoint on
+this CPU, 2 threads instead of 1, or a batch of 2 rows instead of 1, moved logits by up to 7e-7,
+enough to change a 24-bit frequency; so every file is its own batch of 1. fp32 results can still change with the
 torch build or the CPU's vector kernels; a container from another platform is decoded with a
 warning, and the checksum turns any divergence into an error.
 """
@@ -166,7 +168,7 @@ def quantize(logits: torch.Tensor, precision: int = PRECISION) -> np.ndarray:
 
 
 @contextmanager
-def threads(n: int) -> Iterator[None]:
+def fixed_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to `n` for the block, restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -348,7 +350,7 @@ class Compressor:
         if len(tokens) > context:
             raise CompressError(f"its stream is {len(tokens)} tokens with EOS; the model's context holds {context}")
         kernels = self._check_path()
-        with threads(self.threads):
+        with fixed_threads(self.threads):
             payload, bits = encode_tokens(self.model, tokens, self.tokenizer.bos_id, self.tokenizer.eos_id)
         container = Container(Path(name).name, tables, self.model_id, _digest(data)[:8], payload, kernels=kernels,
                               threads=self.threads, platform_crc=self.platform_crc).to_bytes()
@@ -368,7 +370,7 @@ class Compressor:
             warnings.warn(f"{box.name}: coded on another platform (fingerprint {box.platform_crc:08x}; here "
                           f"{self.platform_crc:08x}: {platform()}); fp32 results may differ, the checksum will tell",
                           stacklevel=2)
-        with threads(box.threads):
+        with fixed_threads(box.threads):
             tokens, bits = decode_tokens(self.model, box.payload, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                          self.model.config.max_seq_len)
         try:
