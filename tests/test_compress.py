@@ -335,7 +335,8 @@ def test_bench_compares_every_method_on_the_same_files_and_reports_refusals(rand
     ours = report["regions"]["ours"]
     assert sum(ours["original_bytes"].values()) == originals and ours["table_bytes"] > 0
     assert report["methods"]["ours"]["coded_bytes"] * 8 == pytest.approx(
-        sum(ours["bits"].values()) + ours["container_and_coding_bits"])
+        sum(ours["bits"].values()) + ours["container_field_bits"] + ours["coding_loss_bits"])
+    assert 0 <= ours["coding_loss_bits"] <= 0.01 * sum(ours["bits"].values()) + 2 * 64
     assert "entropy-coded data" in capsys.readouterr().out
     bench.main([f"--ckpt={random_ckpts[32].ckpt}", f"--source={tmp_path}", "--repeats=1"])
     assert "| ours | 0 | refused all 2: CompressError: size 16x16" in capsys.readouterr().out
