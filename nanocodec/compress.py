@@ -323,6 +323,10 @@ class Compressor:
 
         if threads < 1:
             raise CompressError(f"--threads must be >= 1 (recorded in each container), got {threads}")
+        try:
+            import constriction  # noqa: F401
+        except ImportError:
+            raise CompressError("the range coder is missing: pip install 'nanocodec[compress]' (constriction)") from None
         self.ckpt = Path(ckpt)
         self.bundle = load_for_inference(ckpt, device="cpu")
         kind = self.bundle.config.get("kind") or self.bundle.manifest.get("kind")
