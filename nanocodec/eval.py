@@ -69,6 +69,7 @@ class EvalConfig:
     top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
     max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
     seed: int = 0  # seed of the sampling generators
+    surprise: int = 0  # JPEG: EVAL_DIR/surprise.png, the first N val images beside the bits per MCU the model spends (nanocodec.surprise)
 
 
 class EvalError(ValueError):
@@ -356,6 +357,13 @@ def run(cfg: EvalConfig) -> dict:
                 raise EvalError(f"--data {path}: FID needs at least 2 val images, the split has {len(streams)}")
             report["fid"] = prompted_fid(bundle, streams, codec, ratios=ratios, seeds=[cfg.seed + i for i in range(cfg.seeds)],
                                          inception=inception, sampling=sampling, constrain=cfg.constrain, batch_size=cfg.batch_size)
+    if cfg.surprise:
+        from nanocodec.surprise import write_val_maps
+
+        if kind != "jpeg":
+            raise EvalError("--surprise maps bits onto JPEG MCUs; this is an avc checkpoint")
+        report["surprise"] = write_val_maps(bundle, val_streams(path, bundle.tokenizer, cfg.surprise), codec,
+                                            Path(cfg.out or Path(cfg.ckpt) / "eval"))
     report["seconds"] = round(time.time() - began, 1)
     return report
 
