@@ -200,8 +200,47 @@ def test_corrupt_checkpoint_fails_clearly(saved, tmp_path, name, content, messag
 
 def test_corrupt_state_fails_clearly(saved, tmp_path):
     copy = corrupt_copy(saved, tmp_path, "state.pt", (saved / "state.pt").read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match=r"state.pt: sha256 .* differs from the .* config.json recorded"):
+        checkpoint.load_training(copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["files"]["state.pt"] = checkpoint.sha256(copy / "state.pt")  # a checksum that agrees: torch.load decides
+    (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(checkpoint.CheckpointError, match="state.pt: not a readable training state"):
         checkpoint.load_training(copy)
+
+
+def flip_bytes(path: Path, count: int) -> None:
+    """Invert `count` bytes spread over the second half of the file (tensor data, past the headers)."""
+    data = bytearray(path.read_bytes())
+    for i in np.linspace(len(data) // 2, len(data) - 1, count).astype(int):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, count", [("state.pt", 50), ("model.safetensors", 1000)])
+def test_flipped_bytes_are_refused_or_fall_back_to_previous(saved, tmp_path, name, count):
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    flip_bytes(copy / name, count)
+    message = rf"{name}: sha256 .* differs"
+    for load in (checkpoint.load_training, checkpoint.load_for_inference, checkpoint.load_config):
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            load(copy)
+    shutil.copytree(saved, copy / "previous")  # as a save that was cut off leaves it
+    with pytest.warns(UserWarning, match=rf"{message}.*; using the previous checkpoint"):
+        _, weights, state = checkpoint.load_training(copy)
+    for key, value in checkpoint.load_training(saved)[1].items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_non_finite_weights_are_never_saved(data, saved, tmp_path):
+    _, weights, state = checkpoint.load_training(saved)
+    weights = {k: v.clone() for k, v in weights.items()}
+    next(iter(weights.values()))[0, 0] = float("inf")
+    meta = dict(model_config=checkpoint.load_config(saved)["model"], train_config={}, data_dir=data)
+    with pytest.raises(checkpoint.CheckpointError, match="not saving step 3: non-finite weights in"):
+        checkpoint.save(tmp_path / "run", weights, state, step=3, **meta)
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_weights_of_another_model_fail_clearly(saved, tmp_path):
