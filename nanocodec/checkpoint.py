@@ -41,6 +41,7 @@ WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG = "model.safetensors", "state.pt", "
 FILES = (WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG)  # the order of the final renames: config.json commits
 CHECKSUMMED = FILES[:-1]  # config.json records the sha256 of the others
 STAGING, PREVIOUS = ".staging", "previous"
+NAMES = (*FILES, STAGING, PREVIOUS, PREVIOUS + ".tmp")  # everything a checkpoint directory may hold
 
 
 class CheckpointError(RuntimeError):
@@ -126,7 +127,7 @@ def save(
     previous = out / PREVIOUS
     if _is_complete(out):  # it becomes the fallback; else previous/ already holds the last whole one
         shutil.rmtree(previous, ignore_errors=True)
-        linking = out / (PREVIOUS + ".tmp")
+        linking = out / NAMES[-1]
         shutil.rmtree(linking, ignore_errors=True)
         linking.mkdir()
         for name in FILES:

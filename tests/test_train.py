@@ -25,7 +25,7 @@ from nanocodec.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model small enough that a step takes milliseconds; GQA and grad accumulation stay in play.
-TINY = ["--dim=32", "--n_layers=2", "--n_heads=2", "--n_kv_heads=1", "--context=32", "--batch_size=2",
+TINY = ["--threads=1", "--dim=32", "--n_layers=2", "--n_heads=2", "--n_kv_heads=1", "--context=32", "--batch_size=2",
         "--warmup_steps=2", "--lr=3e-3", "--min_lr_ratio=0.1", "--eval_every=1000", "--samples=0", "--max_minutes=0"]
 
 
@@ -81,7 +81,7 @@ def test_resume_continues_exactly(data, tmp_path):
 
 
 def test_checkpoint_holds_everything_inference_needs(data, tmp_path):
-    model = run(data, tmp_path / "run", "--max_steps=2", "--samples=2")
+    model = run(data, tmp_path / "run", "--max_steps=2", "--samples=2", "--decode_samples=2", "--context=160")
     bundle = checkpoint.load_for_inference(tmp_path / "run")
     x = torch.randint(0, bundle.tokenizer.vocab_size, (2, 16))
     torch.testing.assert_close(bundle.model(x)[0], model.eval()(x)[0])
