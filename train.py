@@ -492,9 +492,10 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
              jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
     scale = max(1, PICTURE_SIZE // codec["size"])
     grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
-    valid = sum(s.ok for s in result.samples)
+    valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
+    cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
     return (f"{path}: {len(streams)} val images | {COMPLETIONS} completions of their first {PROMPT_RATIO:.0%} "
-            f"(constrained: {valid}/{len(result.samples)} valid) | original; {result.tokens_per_second:.0f} tok/s")
+            f"(constrained: {valid}/{len(result.samples)} valid{cut_note}) | original; {result.tokens_per_second:.0f} tok/s")
 
 
 def decode_rate_line(bundle: checkpoint.Bundle, cfg: TrainConfig) -> str:

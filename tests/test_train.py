@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from nanocodec.prepare import prepare
 ROOT = Path(__file__).resolve().parents[1]
 # A model small enough that a step takes milliseconds; GQA and grad accumulation stay in play.
 TINY = ["--threads=1", "--dim=32", "--n_layers=2", "--n_heads=2", "--n_kv_heads=1", "--context=32", "--batch_size=2",
-        "--warmup_steps=2", "--lr=3e-3", "--min_lr_ratio=0.1", "--eval_every=1000", "--samples=0", "--max_minutes=0"]
+        "--warmup_steps=2", "--lr=3e-3", "--min_lr_ratio=0.1", "--eval_every=1000", "--samples=0", "--decode_samples=0", "--max_minutes=0"]
 
 
 def load_train():
@@ -80,7 +81,7 @@ def test_resume_continues_exactly(data, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_checkpoint_holds_everything_inference_needs(data, tmp_path):
+def test_checkpoint_holds_everything_inference_needs(data, tmp_path, capsys):
     model = run(data, tmp_path / "run", "--max_steps=2", "--samples=2", "--decode_samples=2", "--context=160")
     bundle = checkpoint.load_for_inference(tmp_path / "run")
     x = torch.randint(0, bundle.tokenizer.vocab_size, (2, 16))
@@ -93,10 +94,16 @@ def test_checkpoint_holds_everything_inference_needs(data, tmp_path):
     assert config["model"]["dim"] == 32 and config["train"]["max_steps"] == 2
     assert bundle.tokenizer.sha256 == Tokenizer.load(data / "tokenizer.json").sha256
     assert bundle.manifest == json.loads(manifest_text)
-    for picture in ("loss.png", "samples.png"):
-        assert Image.open(tmp_path / "run" / picture).size[0] > 30
+    assert Image.open(tmp_path / "run" / "loss.png").size[0] > 30
+    # 2 val images of 32 px: prompt | 3 completions | original, each scaled 6x, 2 px apart.
+    assert Image.open(tmp_path / "run" / "samples.png").size == (5 * 192 + 4 * 2, 2 * 192 + 2)
     final = train.read_log(tmp_path / "run" / "log.jsonl")[-1]
     assert final["final"] and 0 < final["val_bpb"] < 8.5
+    printed = capsys.readouterr().out
+    assert re.search(r"val bits per byte by region: headers \d\.\d\d \(\d+% of the bytes\), entropy-coded data "
+                     r"\d\.\d\d \(\d+% of the bytes\), restart markers", printed)
+    assert re.search(r"samples: .*samples.png: 2 val images \| 3 completions of their first 50% \(constrained: (6/6 valid|\d/6 valid, \d cut off by the context of 160 tokens \(repaired\))\) "
+                     r"\| original; \d+ tok/s; unconditional samples: [012]/2 decode without error", printed)
 
 
 def test_bits_per_byte_by_hand(data):
@@ -385,3 +392,142 @@ def test_torchrun_fsdp_on_cpu_trains_saves_and_resumes(data, tmp_path):
     bundle = checkpoint.load_for_inference(out)
     assert bundle.config["step"] == 5 and bundle.config["train"]["fsdp"]
     assert all(torch.isfinite(p).all() for p in bundle.model.parameters())
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_earlier_run_is_never_started_over_without_overwrite(data, saved, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(saved, out)
+    (out / "samples.png").write_bytes(b"old picture")
+    (out / "eval").mkdir()
+    (out / "eval" / "report.json").write_text("{}")
+    shutil.copytree(saved, out / "previous", ignore=shutil.ignore_patterns("log.jsonl", "*.png"))
+    (out / "notes.txt").write_text("the user's own file")
+    before = folder_digest(out)
+    with pytest.raises(ConfigError, match=rf"--out_dir={out} holds a checkpoint \(model.safetensors, .*, log.jsonl, "
+                                          r"loss.png, samples.png, eval\): --resume to continue, --overwrite to start over"):
+        run(data, out, "--max_steps=1")
+    assert folder_digest(out) == before
+    with pytest.raises(ConfigError, match="give one of them"):
+        train.main([f"--out_dir={out}", "--resume", "--overwrite"])
+    run(data, out, "--max_steps=1", "--overwrite")
+    assert "--overwrite: removed model.safetensors" in capsys.readouterr().out
+    assert not (out / "samples.png").exists() and not (out / "eval").exists() and not (out / "previous").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert checkpoint.load_config(out)["step"] == 1 and [r["step"] for r in train.read_log(out / "log.jsonl")] == [1, 1]
+
+
+def test_resume_limits_mean_what_the_command_line_says(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(data, out, "--max_steps=0", "--max_minutes=0.0001")  # one step is longer than 6 ms
+    trained = checkpoint.load_training(out)[2]
+    assert trained["step"] >= 1
+    train.main([f"--out_dir={out}", "--resume"])
+    assert (f"nothing to train: the run in {out} has reached max_minutes=0.0001 ({trained['minutes']:.2f} minutes trained, "
+            f"step {trained['step']}); to train on, resume with --max_steps=N (train until step N) or --max_minutes=M") in capsys.readouterr().out
+    assert sum(r.get("final", False) for r in train.read_log(out / "log.jsonl")) == 1  # no second final record
+
+    # --max_steps alone: train until that step; the saved time limit no longer stops the run.
+    train.main([f"--out_dir={out}", "--resume", f"--max_steps={trained['step'] + 2}"])
+    config = checkpoint.load_config(out)
+    assert config["step"] == trained["step"] + 2 and config["train"]["max_minutes"] == 0
+    train.main([f"--out_dir={out}", "--resume"])
+    assert f"reached max_steps={trained['step'] + 2} (at step {trained['step'] + 2})" in capsys.readouterr().out
+
+    # --max_minutes alone: that many minutes more, saved as the run's new total.
+    minutes = checkpoint.load_training(out)[2]["minutes"]
+    train.main([f"--out_dir={out}", "--resume", "--max_minutes=0.0001"])
+    config, _, state = checkpoint.load_training(out)
+    assert config["step"] > trained["step"] + 2 and config["train"]["max_steps"] == 0
+    assert config["train"]["max_minutes"] == pytest.approx(minutes + 0.0001)
+    steps = [r["step"] for r in train.read_log(out / "log.jsonl") if "loss" in r]
+    assert steps == list(range(1, config["step"] + 1))
+
+
+def test_threads_reach_torch():
+    cfg = train.parse(train.TrainConfig, ["--threads=2"])
+    try:
+        assert train.setup_runtime(cfg).threads == torch.get_num_threads() == 2
+        assert train.setup_runtime(train.parse(train.TrainConfig, [])).threads == train.usable_cores()
+        with pytest.raises(ConfigError, match="--threads must be >= 0"):
+            train.setup_runtime(train.parse(train.TrainConfig, ["--threads=-1"]))
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_fails_clearly(data, tmp_path):
+    with pytest.raises(ConfigError, match="--device=cuda: this machine has no usable CUDA GPU"):
+        run(data, tmp_path / "run", "--max_steps=1", "--device=cuda")
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--help"], 0, "--overwrite=false"),
+    (["--device=cuda", "--out_dir={tmp}/new"], 1, "train.py: --device=cuda: this machine has no usable CUDA GPU"),
+    (["--out_dir={tmp}/run"], 1, "train.py: --out_dir={tmp}/run holds a checkpoint ("),
+])
+def test_command_line_mistakes_are_one_line(saved, tmp_path, monkeypatch, capsys, argv, code, message):
+    """train.py's __main__ block, run in this process (test_bad_override_on_the_command_line runs a real one)."""
+    import runpy
+    import warnings
+
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    shutil.copytree(saved, tmp_path / "run")
+    monkeypatch.setattr(sys, "argv", ["train.py", *(a.format(tmp=tmp_path) for a in argv)])
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    if code:
+        assert isinstance(exit.value.code, str) and "\n" not in exit.value.code
+        assert exit.value.code.startswith(message.format(tmp=tmp_path))
+    else:
+        assert exit.value.code == 0
+        help_text = capsys.readouterr().out
+        assert "remove its checkpoint, log and pictures" in help_text and "0: the cores this process may use" in help_text
+
+
+def test_avc_data_gets_a_context_that_fits_its_videos(tmp_path, capsys):
+    videos = tmp_path / "avc"
+    prepare("avc", "demo", videos, limit=2, merges=8, tokenizer_docs=2, val_fraction=0.0, workers=1)
+    longest = max(np.diff(np.fromfile(videos / "train_0000.idx", dtype="<i8")))
+    args = [a for a in TINY if not a.startswith(("--context", "--batch_size"))]
+    with pytest.warns(UserWarning, match="the val split is empty, so there is no val loss"):
+        train.main([f"--data={videos}", f"--out_dir={tmp_path / 'run'}", *args, "--batch_size=1", "--max_steps=1"])
+    context = checkpoint.load_config(tmp_path / "run")["train"]["context"]
+    assert longest <= context < longest + 256 and context % 256 == 0
+    assert f"context {context} (fits the longest video, {longest} tokens" in capsys.readouterr().out
+    final = train.read_log(tmp_path / "run" / "log.jsonl")[-1]
+    assert final["final"] and "val_loss" not in final
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(data, saved, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(saved, out)
+    with (out / "log.jsonl").open("a") as f:
+        f.write('{"step": 3, "loss": 5.1, "lr"')  # killed mid-write
+    with pytest.warns(UserWarning, match=r"log.jsonl: dropped line \d+, not a log record"):
+        train.main([f"--out_dir={out}", "--resume", "--max_steps=3"])
+    assert [r["step"] for r in train.read_log(out / "log.jsonl") if "loss" in r] == [1, 2, 3]
+
+
+def test_weights_the_optimizer_makes_non_finite_are_never_saved(data, tmp_path, monkeypatch):
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step_then_poison(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0][0, 0] = float("nan")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_poison)
+    with pytest.raises(train.TrainingDiverged, match="step 3: the optimizer step made weights NaN or inf; stopping without "
+                                                     "saving; the last good checkpoint, step 2, is in"):
+        run(data, tmp_path / "run", "--max_steps=5", "--ckpt_every=1")
+    config, weights, _ = checkpoint.load_training(tmp_path / "run")
+    assert config["step"] == 2 and all(torch.isfinite(w).all() for w in weights.values())
