@@ -69,14 +69,24 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in train.read_log(out / "log.jsonl") if "loss" in r]
 
 
-def test_resume_continues_exactly(data, tmp_path):
-    # 128 tokens per step = 2 micro-batches of 2 x 32: gradient accumulation is part of the state.
-    straight = run(data, tmp_path / "straight", "--max_steps=6", "--tokens_per_step=128")
-    run(data, tmp_path / "halves", "--max_steps=3", "--lr_decay_steps=6", "--tokens_per_step=128")
-    resumed = train.main([f"--out_dir={tmp_path / 'halves'}", "--resume", "--max_steps=6"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_continues_exactly(data, tmp_path, threads):
+    # At 1 thread, 2 micro-batches per step: gradient accumulation is part of the state. At 2, batches
+    # of 4 x 64 make the logits and their gradients large enough (> 32768 elements) to be split
+    # between the threads.
+    shape = ["--tokens_per_step=128"] if threads == 1 else ["--batch_size=4", "--context=64"]
+    try:
+        straight = run(data, tmp_path / "straight", "--max_steps=6", f"--threads={threads}", *shape)
+        run(data, tmp_path / "halves", "--max_steps=3", "--lr_decay_steps=6", f"--threads={threads}", *shape)
+        resumed = train.main([f"--out_dir={tmp_path / 'halves'}", "--resume", "--max_steps=6"])
+        assert torch.get_num_threads() == threads  # the saved setting
+    finally:
+        torch.set_num_threads(1)
     assert losses(tmp_path / "halves") == losses(tmp_path / "straight")
+    assert [r["grad_norm"] for r in train.read_log(tmp_path / "halves" / "log.jsonl") if "loss" in r] == \
+        [r["grad_norm"] for r in train.read_log(tmp_path / "straight" / "log.jsonl") if "loss" in r]
     assert len(losses(tmp_path / "straight")) == 6
-    assert checkpoint.load_config(tmp_path / "halves")["train"]["grad_accum"] == 2
+    assert checkpoint.load_config(tmp_path / "halves")["train"]["grad_accum"] == 3 - threads
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
