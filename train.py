@@ -63,19 +63,18 @@ class TrainConfig:
     tokens_per_step: int = 0  # if set, grad_accum follows from it: tokens_per_step / (batch_size * context * processes)
     # optimizer and schedule: AdamW, linear warmup, cosine decay to lr * min_lr_ratio
     lr: float | None = None  # peak learning rate; None: the preset's, from LEARNING_RATES below
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warmup from lr / warmup_steps
     lr_decay_steps: int = 0  # where the cosine ends; 0: at max_steps, or at max_minutes if only that is set
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = 0.1  # AdamW's, on matrices only
+    beta1: float = 0.9  # AdamW's
+    beta2: float = 0.95  # AdamW's
     grad_clip: float = 1.0  # 0 disables
-    # run length: the run stops at whichever limit comes first; 0 disables a limit. On a resume, a limit given
-    # replaces the saved ones (the other no longer applies unless given too); --max_minutes then counts from now
-    max_steps: int = 0  # the step the run ends at
-    max_minutes: float = 6.5  # the demo's budget: with data preparation and sampling, under 10 min on 2 cores
+    # run length: the run stops at whichever limit comes first; 0 disables a limit; on a resume, one given replaces both saved
+    max_steps: int = 0  # the step the run ends at (on a resume too)
+    max_minutes: float = 6.5  # minutes of training (on a resume: more minutes from now); the demo's budget, under 10 min in all on 2 cores
     # evaluation, checkpoints, output
-    eval_every: int = 100
+    eval_every: int = 100  # val loss and bits per byte every N steps
     eval_batches: int = 0  # val batches per periodic evaluation; 0: the whole val split (the final one always is)
     ckpt_every: int = 200  # checkpoint every N steps (and at the end)
     out_dir: str = "out/demo"  # checkpoint, log.jsonl, loss.png, samples.png
@@ -157,6 +156,7 @@ def earlier_run(out: Path) -> list[str]:
 
 
 def refuse_earlier_run(out: Path, overwrite: bool) -> None:
+    """A ConfigError when `out` holds an earlier run and `overwrite` is not given (nothing is touched)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out_dir={out}: not a folder")
     found = earlier_run(out)
@@ -270,10 +270,13 @@ def data_folder(cfg: TrainConfig, rt: Runtime) -> Path:
         return path
     path = Path("data/demo")
     if rt.main and not (path / "manifest.json").is_file():
-        from nanocodec.prepare import prepare
+        from nanocodec.prepare import PrepareError, prepare
 
         print(f"preparing the demo data in {path} (once)", flush=True)
-        prepare(kind="jpeg", source="demo", out=str(path))
+        try:
+            prepare(kind="jpeg", source="demo", out=str(path))
+        except PrepareError as e:
+            raise DataError(f"preparing the demo data: {e}") from None
     barrier(rt)
     return path
 
@@ -527,6 +530,7 @@ def final_report(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_v
 
 
 def report_checkpoint(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_val: bool) -> None:
+    """Region bits per byte, samples.png and the decode rate of the checkpoint in `out`, printed."""
     bundle = checkpoint.load_for_inference(out, rt.device)
     jpeg_data = bundle.config.get("kind") == "jpeg"
     if jpeg_data and has_val:
