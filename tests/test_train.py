@@ -141,13 +141,13 @@ def test_bits_per_byte_by_hand(data):
     assert train.bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
 
 
-def test_schedule_warms_up_then_follows_a_cosine_in_steps_or_minutes():
+def test_schedule_warms_up_then_follows_a_cosine_in_steps_or_minutes(tmp_path):
     steps = train.TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110, max_minutes=0)
     assert [train.lr_at(steps, s, 0.0) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert [train.lr_at(steps, s, 0.0) for s in (10, 60, 110, 500)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
     minutes = train.TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=0, max_steps=0, max_minutes=10)
     assert [train.lr_at(minutes, 7, m) for m in (0.0, 5.0, 10.0)] == pytest.approx([1.0, 0.55, 0.1])
-    assert train.load_config(["--preset=small"]).lr == 3e-4  # the paper's, unless the preset says otherwise
+    assert train.load_config(["--preset=small", f"--out_dir={tmp_path}"]).lr == 3e-4  # the paper's, unless the preset says otherwise
 
 
 @pytest.mark.parametrize(
