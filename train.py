@@ -3,14 +3,16 @@
     python train.py                                   # the demo: tiny model, demo JPEGs, CPU, minutes
     python train.py --data=data/imagenet --preset=small --max_minutes=0 --max_steps=20000
     torchrun --nproc_per_node=8 train.py --data=... --preset=1b --fsdp
-    python train.py --out_dir=out/demo --resume --max_steps=4000
+    python train.py --out_dir=out/demo --resume --max_steps=4000     # train on to step 4000
 
 Every setting is a field of TrainConfig below; `--key=value` or `--key value` overrides it (booleans
 also as bare flags) and unknown keys are rejected. One process trains on CUDA if present, else CPU;
 under torchrun the processes use DDP (NCCL on GPU, gloo on CPU), or FSDP2 with --fsdp. Checkpoints
-(nanocodec.checkpoint) resume exactly; SIGTERM/SIGINT save and exit; a NaN/inf loss stops the run
-without overwriting the last good checkpoint. The run logs to OUT_DIR/log.jsonl and ends with
-OUT_DIR/loss.png and, for JPEG data, OUT_DIR/samples.png.
+(nanocodec.checkpoint) resume exactly; a run never starts over an earlier run's files without
+--overwrite; SIGTERM/SIGINT save and exit; a NaN/inf loss or weight stops the run without
+overwriting the last good checkpoint. The run logs to OUT_DIR/log.jsonl and ends with the val bits
+per byte (by region for JPEG), OUT_DIR/loss.png and, for JPEG data, OUT_DIR/samples.png: val images
+completed from their first half with constrained decoding, beside the unconditional decode rate.
 Owns the training loop and its evaluation (val loss and bits per byte of the codec stream); the
 model, data loading, checkpoint files and sampling live in nanocodec/.
 """
@@ -22,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,49 +40,52 @@ from tqdm import tqdm
 
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError, Tokenizer
-from nanocodec.config import ConfigError, parse
-from nanocodec.data import DataError, TokenStream, manifest, val_batches
+from nanocodec.config import ConfigError, parse, resolve_device, set_threads, usable_cores
+from nanocodec.data import DataError, TokenStream, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
 
 
 @dataclass
 class TrainConfig:
     # model: a preset of nanocodec.model, and overrides of its fields (None keeps the preset's value)
-    preset: str = "tiny"
-    dim: int | None = None
-    n_layers: int | None = None
-    n_heads: int | None = None
-    n_kv_heads: int | None = None
-    ffn_dim: int | None = None
-    rope_theta: float | None = None
-    # data: a folder made by `python -m nanocodec.prepare`, or "demo" (data/demo, prepared on first use)
-    data: str = "demo"
-    context: int = 1024  # tokens per sequence (the paper: 12K for JPEG, 32K for AVC)
+    preset: str = "tiny"  # tiny (1.3M parameters), small (128M), 1b, 7b
+    dim: int | None = None  # model width
+    n_layers: int | None = None  # transformer blocks
+    n_heads: int | None = None  # query heads
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention)
+    ffn_dim: int | None = None  # SwiGLU hidden width
+    rope_theta: float | None = None  # RoPE base
+    # data
+    data: str = "demo"  # a folder made by `python -m nanocodec.prepare`, or demo (data/demo, prepared on first use)
+    context: int = 0  # tokens per sequence; 0: 1024 for JPEG, the longest prepared video for AVC (the paper: 12K, 32K)
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
     tokens_per_step: int = 0  # if set, grad_accum follows from it: tokens_per_step / (batch_size * context * processes)
     # optimizer and schedule: AdamW, linear warmup, cosine decay to lr * min_lr_ratio
     lr: float | None = None  # peak learning rate; None: the preset's, from LEARNING_RATES below
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warmup from lr / warmup_steps
     lr_decay_steps: int = 0  # where the cosine ends; 0: at max_steps, or at max_minutes if only that is set
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = 0.1  # AdamW's, on matrices only
+    beta1: float = 0.9  # AdamW's
+    beta2: float = 0.95  # AdamW's
     grad_clip: float = 1.0  # 0 disables
-    # run length: the run stops at whichever limit comes first; 0 disables a limit
-    max_steps: int = 0
-    max_minutes: float = 6.5  # the demo's budget: with data preparation and sampling, under 10 min on 2 cores
+    # run length: the run stops at whichever limit comes first; 0 disables a limit; on a resume, one given replaces both saved
+    max_steps: int = 0  # the step the run ends at (on a resume too)
+    max_minutes: float = 6.5  # minutes of training (on a resume: more minutes from now); the demo's budget, under 10 min in all on 2 cores
     # evaluation, checkpoints, output
-    eval_every: int = 100
+    eval_every: int = 100  # val loss and bits per byte every N steps
     eval_batches: int = 0  # val batches per periodic evaluation; 0: the whole val split (the final one always is)
-    ckpt_every: int = 200
-    out_dir: str = "out/demo"
+    ckpt_every: int = 200  # checkpoint every N steps (and at the end)
+    out_dir: str = "out/demo"  # checkpoint, log.jsonl, loss.png, samples.png
     resume: bool = False  # continue from the checkpoint in out_dir with its settings, updated by these overrides
-    samples: int = 16  # unconditional samples drawn into out_dir/samples.png at the end; 0: none
+    overwrite: bool = False  # start over in an out_dir that holds a run: first remove its checkpoint, log and pictures
+    samples: int = 4  # JPEG: val images completed 3 times from their first half into out_dir/samples.png; 0: none
+    decode_samples: int = 16  # unconditional samples whose decode rate the last line reports; 0: none
     # system
-    seed: int = 0
+    seed: int = 0  # initialisation, data order and samples
     device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # CPU threads per process; 0: the cores this process may use, split among torchrun's local processes
     compile: bool = False  # torch.compile the training step
     fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (under torchrun)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30% more compute
@@ -90,6 +96,12 @@ class TrainConfig:
 # per byte, and 2e-3 spikes once; 1e-3 is the safe side of that.
 LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "1b": 3e-4, "7b": 3e-4}
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta")
+JPEG_CONTEXT = 1024  # the default context for image data: a 64 px demo JPEG is ~420 tokens
+CONTEXT_STEP, MAX_AUTO_CONTEXT = 256, 32768  # AVC: the longest video rounded up, at most the paper's 32K
+COMPLETIONS, PROMPT_RATIO = 3, 0.5  # samples.png: completions per val image, and the share of it given
+PICTURE_SIZE = 192  # samples.png: tiles are scaled up by a whole factor (nearest) to about this size
+SAMPLING = dict(temperature=1.0, top_k=40, top_p=0.9)  # the paper's sampling settings
+RUN_OUTPUTS = ("log.jsonl", "loss.png", "samples.png", "samples", "eval")  # what a run (and nanocodec.eval) adds
 # Dense bf16 peak FLOP/s per GPU for MFU; other devices show no MFU rather than a wrong one.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
@@ -101,25 +113,69 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------- configuration
 
 
+def option_names(argv: list[str]) -> set[str]:
+    """The settings named on a command line that `parse` accepted."""
+    return {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+
+
 def load_config(argv: list[str]) -> TrainConfig:
-    """Defaults + overrides; with --resume, the checkpoint's settings + overrides."""
+    """Defaults + overrides; with --resume, the checkpoint's settings + overrides, where a run limit
+    given replaces both saved ones (see TrainConfig's run length)."""
     cfg = parse(TrainConfig, argv)
     if cfg.resume:
+        if cfg.overwrite:
+            raise ConfigError("--resume continues the run in --out_dir and --overwrite removes it: give one of them")
         saved = checkpoint.load_config(cfg.out_dir)["train"]
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = parse(TrainConfig, argv, base=TrainConfig(**{k: v for k, v in saved.items() if k in known}))
-        cfg.resume = True
+        base = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+        if option_names(argv) & {"max_steps", "max_minutes"}:
+            base.max_steps, base.max_minutes = 0, 0.0
+        cfg = parse(TrainConfig, argv, base=base)
+        cfg.resume, cfg.overwrite = True, False
+    else:
+        refuse_earlier_run(Path(cfg.out_dir), cfg.overwrite)
     if cfg.max_steps <= 0 and cfg.max_minutes <= 0:
         raise ConfigError("set --max_steps or --max_minutes (both are 0: the run would never end)")
-    for key in ("context", "batch_size", "grad_accum", "eval_every", "ckpt_every"):
+    for key in ("batch_size", "grad_accum", "eval_every", "ckpt_every"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"--{key} must be positive, got {getattr(cfg, key)}")
-    model_config(cfg, ModelConfig.vocab_size)  # fail on bad model settings before any data work
+    if cfg.context < 0:
+        raise ConfigError(f"--context must be positive (or 0: fit the data), got {cfg.context}")
+    # Fail on bad model settings before any data work (the context is settled once the data is known).
+    model_config(dataclasses.replace(cfg, context=cfg.context or JPEG_CONTEXT), ModelConfig.vocab_size)
     if cfg.lr is None:
         cfg.lr = LEARNING_RATES[cfg.preset]
     if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {cfg.lr} and {cfg.min_lr_ratio}")
     return cfg
+
+
+def earlier_run(out: Path) -> list[str]:
+    """The names in `out` that a run or its evaluation wrote (nothing else of the folder counts)."""
+    return [name for name in (*checkpoint.NAMES, *RUN_OUTPUTS) if (out / name).exists()]
+
+
+def refuse_earlier_run(out: Path, overwrite: bool) -> None:
+    """A ConfigError when `out` holds an earlier run and `overwrite` is not given (nothing is touched)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out_dir={out}: not a folder")
+    found = earlier_run(out)
+    if found and not overwrite:
+        what = "a checkpoint" if checkpoint.CONFIG in found or checkpoint.PREVIOUS in found else "an earlier run"
+        raise ConfigError(f"--out_dir={out} holds {what} ({', '.join(found)}): --resume to continue, --overwrite to start over")
+
+
+def remove_earlier_run(out: Path) -> None:
+    """Delete what an earlier run wrote into `out` (before the new run writes anything)."""
+    found = earlier_run(out)
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        print(f"--overwrite: removed {', '.join(found)} from {out}", flush=True)
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -128,6 +184,27 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         return ModelConfig.preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.context, **overrides)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def limit_reached(cfg: TrainConfig, step: int, minutes: float) -> str:
+    """The run limit that `step` and `minutes` reach, in words ("" while the run goes on)."""
+    if cfg.max_steps and step >= cfg.max_steps:
+        return f"max_steps={cfg.max_steps} (at step {step})"
+    if cfg.max_minutes and minutes >= cfg.max_minutes:
+        return f"max_minutes={cfg.max_minutes:g} ({minutes:.2f} minutes trained, step {step})"
+    return ""
+
+
+def default_context(data_dir: Path) -> tuple[int, str]:
+    """The context for --context=0 and why: JPEG_CONTEXT for images; for video, the longest prepared
+    video (both splits, with <bos> and <eos>) rounded up to CONTEXT_STEP, at most MAX_AUTO_CONTEXT."""
+    if manifest(data_dir).get("kind") != "avc":
+        return JPEG_CONTEXT, "the default for image data"
+    longest = max(int(document_lengths(data_dir, split).max(initial=0)) for split in ("train", "val"))
+    context = min(MAX_AUTO_CONTEXT, -(-longest // CONTEXT_STEP) * CONTEXT_STEP)
+    if context < longest:
+        return context, f"the longest video, {longest} tokens, is cut at {MAX_AUTO_CONTEXT}; give --context to change"
+    return context, f"fits the longest video, {longest} tokens; give --context to change"
 
 
 def lr_at(cfg: TrainConfig, step: int, minutes: float) -> float:
@@ -154,6 +231,7 @@ class Runtime:
     world: int
     device: torch.device
     distributed: bool
+    threads: int = 1
 
     @property
     def main(self) -> bool:
@@ -161,20 +239,21 @@ class Runtime:
 
 
 def setup_runtime(cfg: TrainConfig) -> Runtime:
-    device_name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # set by torchrun: they share this machine's cores
+    threads = set_threads(cfg.threads or max(1, usable_cores() // local_processes))
     if "WORLD_SIZE" not in os.environ:
         if cfg.fsdp:
             raise ConfigError("--fsdp needs several processes: launch with torchrun --nproc_per_node=N")
-        return Runtime(0, 1, torch.device(device_name), False)
+        return Runtime(0, 1, device, False, threads)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device_name.startswith("cuda"):
+    if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
-        device = torch.device(device_name)
         dist.init_process_group("gloo")
-    return Runtime(rank, world, device, True)
+    return Runtime(rank, world, device, True, threads)
 
 
 def barrier(rt: Runtime) -> None:
@@ -191,10 +270,13 @@ def data_folder(cfg: TrainConfig, rt: Runtime) -> Path:
         return path
     path = Path("data/demo")
     if rt.main and not (path / "manifest.json").is_file():
-        from nanocodec.prepare import prepare
+        from nanocodec.prepare import PrepareError, prepare
 
         print(f"preparing the demo data in {path} (once)", flush=True)
-        prepare(kind="jpeg", source="demo", out=str(path))
+        try:
+            prepare(kind="jpeg", source="demo", out=str(path))
+        except PrepareError as e:
+            raise DataError(f"preparing the demo data: {e}") from None
     barrier(rt)
     return path
 
@@ -308,9 +390,24 @@ def evaluate(model: Llama, data_dir: Path, cfg: TrainConfig, rt: Runtime, max_ba
 
 
 def read_log(path: Path, upto_step: int | None = None) -> list[dict]:
+    """The records of log.jsonl (up to `upto_step`); a line that is not a record (a kill tears the
+    last one mid-write) is dropped with a warning."""
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            torn.append(str(number))
+    if torn:
+        warnings.warn(f"{path}: dropped line {', '.join(torn)}, not a log record (a kill mid-write tears the last line)")
     return [r for r in records if upto_step is None or r["step"] <= upto_step]
 
 
@@ -360,45 +457,125 @@ def plot_losses(records: list[dict], path: Path) -> None:
     img.save(path)
 
 
-def sample_grid(ckpt_dir: Path, cfg: TrainConfig, device: torch.device, path: Path) -> str:
-    """Draw cfg.samples unconditional samples from the saved checkpoint into a PNG grid of repaired
-    decodes; returns a one-line summary."""
+def region_line(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig) -> str:
+    """Val bits per byte by region of the JPEG stream (nanocodec.eval), as one line."""
+    from nanocodec.eval import bits_per_byte as bits_by_region
+
+    result = bits_by_region(bundle.model, bundle.tokenizer, data_dir, "jpeg", context=cfg.context,
+                            batch_size=cfg.batch_size, progress=False)
+    names = {"headers": "headers", "entropy": "entropy-coded data", "restart": "restart markers"}
+    parts = [f"{names[name]} {r['bits_per_byte']:.2f} ({r['bytes'] / result['bytes']:.0%} of the bytes)"
+             for name, r in result["regions"].items() if r["bits_per_byte"] is not None]
+    return f"val bits per byte by region: {', '.join(parts)}"
+
+
+def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig, path: Path) -> str:
+    """Rows of prompt (first PROMPT_RATIO of a val image, the rest gray) | COMPLETIONS constrained
+    completions | original for cfg.samples val images, scaled up to ~PICTURE_SIZE px, into `path`."""
     from PIL import Image
 
-    from nanocodec import huffman, jpeg
-    from nanocodec.sampling import generate
+    from nanocodec import jpeg
+    from nanocodec.eval import decode_image
+    from nanocodec.sampling import complete
+    from sample import grid
 
-    bundle = checkpoint.load_for_inference(ckpt_dir, device)
-    if bundle.config.get("kind") != "jpeg":
-        return "samples: the grid is drawn for JPEG data only; use sample.py for video"
-    tok, codec = bundle.tokenizer, bundle.config["codec"]
-    generator = torch.Generator().manual_seed(cfg.seed)
-    result = generate(
-        bundle.model, [[tok.bos_id]] * cfg.samples, max_new_tokens=bundle.model.config.max_seq_len - 1,
-        eos_id=tok.eos_id, pad_id=tok.pad_id, banned=[tok.bos_id, tok.pad_id], temperature=1.0, top_k=40,
-        top_p=0.9, generator=generator, progress=True,
-    )
-    size = codec.get("size", 64)
-    images, valid, mcus, total_mcus = [], 0, 0, 0
-    for ids in result.tokens:
-        data = tok.decode(ids)
-        report = huffman.validate(data)
-        valid, mcus, total_mcus = valid + report.ok, mcus + report.mcus, total_mcus + report.total_mcus
-        try:
-            im = jpeg.decode(data, quality=codec["quality"], subsampling=codec["subsampling"], repair=True)
-        except (jpeg.InvalidJPEG, huffman.RepairError):
-            im = Image.new("RGB", (size, size), "gray")  # no frame header to repair from: a gray tile
-        images.append(im.resize((size, size)))
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new("RGB", (cols * (size + 2) + 2, rows * (size + 2) + 2), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, (2 + (i % cols) * (size + 2), 2 + (i // cols) * (size + 2)))
-    grid.save(path)
-    share = f"{mcus / total_mcus:.0%}" if total_mcus else "none"
-    return (f"samples: {len(images)} drawn, {valid} valid without repair, MCUs valid before the first error: "
-            f"{share}; {result.tokens_per_second:.0f} tok/s -> {path} "
-            f"(valid by construction: python sample.py --ckpt={ckpt_dir} --constrain)")
+    codec = bundle.config["codec"]
+    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
+    context = bundle.model.config.max_seq_len
+    fitting = (doc for doc in documents(data_dir, "val") if len(doc) + 2 <= context)  # with <bos> and <eos>
+    streams = [bundle.tokenizer.decode(doc) for doc in itertools.islice(fitting, cfg.samples)]
+    if not streams:
+        return f"no {path.name}: no val image fits the model's context of {context} tokens"
+    prompts = [jpeg.prompt(s, PROMPT_RATIO) for s in streams]
+    result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind="jpeg",
+                      constrain=True, generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size,
+                      progress=True, **SAMPLING)
+    rows = [[jpeg.decode(prompt, quality, subsampling, repair=True),
+             *(decode_image(s.data, codec) for s in result.samples[i * COMPLETIONS:(i + 1) * COMPLETIONS]),
+             jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
+    scale = max(1, PICTURE_SIZE // codec["size"])
+    grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
+    valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
+    cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
+    return (f"{path}: {len(streams)} val images | {COMPLETIONS} completions of their first {PROMPT_RATIO:.0%} "
+            f"(constrained: {valid}/{len(result.samples)} valid{cut_note}) | original; {result.tokens_per_second:.0f} tok/s")
+
+
+def decode_rate_line(bundle: checkpoint.Bundle, cfg: TrainConfig) -> str:
+    """How many of cfg.decode_samples unconditional samples the codec's validator accepts unrepaired."""
+    from nanocodec.eval import decode_rate
+
+    kind = bundle.config["kind"]
+    rate = decode_rate(bundle, kind, [b""] * cfg.decode_samples, constrain=False, sampling=SAMPLING,
+                       generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
+    return (f"unconditional samples: {rate['valid']}/{rate['samples']} decode without error "
+            f"({rate['tokens_per_second']:.0f} tok/s)")
+
+
+def final_report(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_val: bool) -> None:
+    """After the last evaluation, on the main process: loss.png, and what the saved checkpoint
+    (loaded back as sample.py would) makes of the val split and of sampling."""
+    plot_losses(read_log(out / "log.jsonl"), out / "loss.png")
+    if not (cfg.samples or cfg.decode_samples or has_val):
+        return
+    threads = torch.get_num_threads()
+    if rt.device.type == "cpu":
+        # A decode step of a few rows is too small to share: with another process on the second
+        # core, 2 threads sampled the demo model at 37 tokens/s and 1 thread at 1310.
+        torch.set_num_threads(1)
+    try:
+        report_checkpoint(out, data_dir, cfg, rt, has_val)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def report_checkpoint(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_val: bool) -> None:
+    """Region bits per byte, samples.png and the decode rate of the checkpoint in `out`, printed."""
+    bundle = checkpoint.load_for_inference(out, rt.device)
+    jpeg_data = bundle.config.get("kind") == "jpeg"
+    if jpeg_data and has_val:
+        print(region_line(bundle, data_dir, cfg), flush=True)
+    lines = []
+    if cfg.samples and has_val and jpeg_data:
+        lines.append(completions_picture(bundle, data_dir, cfg, out / "samples.png"))
+    elif cfg.samples and not jpeg_data:
+        lines.append(f"no samples.png for video: python sample.py --ckpt={out} --prompt=VIDEO --frames=N")
+    if cfg.decode_samples:
+        lines.append(decode_rate_line(bundle, cfg))
+    if lines:
+        print("samples: " + "; ".join(lines), flush=True)
+
+
+def has_val_split(data_dir: Path, warn: bool) -> bool:
+    """Whether the data folder has val documents (with `warn`, say so when it has none)."""
+    if manifest(data_dir)["splits"].get("val", {}).get("documents", 0):
+        return True
+    if warn:
+            warnings.warn(f"--data={data_dir}: the val split is empty, so there is no val loss, bits per byte or samples.png; "
+                      f"prepare the folder with --val-fraction above 0")
+    return False
+
+
+def resume_note(cfg: TrainConfig, out: Path, step: int, minutes: float) -> str:
+    """What a resumed run will do, in one line ("" when it trains)."""
+    reached = limit_reached(cfg, step, minutes)
+    if not reached:
+        return ""
+    return (f"nothing to train: the run in {out} has reached {reached}; to train on, resume with "
+            f"--max_steps=N (train until step N) or --max_minutes=M (M more minutes)")
+
+
+def finished_at(log_path: Path, step: int) -> bool:
+    """Whether the log already ends with the final evaluation of `step`."""
+    records = read_log(log_path)
+    return bool(records) and records[-1].get("final", False) and records[-1]["step"] == step
+
+
+def weights_finite(model: Llama, rt: Runtime) -> bool:
+    """Whether every parameter is finite, on every process (each checks its own shards)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    bad = sum(int(not bool(torch.isfinite(t).all())) for t in local)
+    return all_sum([float(bad)], rt)[0] == 0
 
 
 # ----------------------------------------------------------------------------- training
@@ -409,7 +586,7 @@ def main(argv: list[str]) -> Llama:
     cfg = load_config(argv)
     rt = setup_runtime(cfg)
     try:
-        model = train(cfg, rt)
+        model = train(cfg, rt, minutes_from_now=cfg.resume and "max_minutes" in option_names(argv))
         # Ranks leave together: a gloo rank that tears down while its peer is still busy (rank 0
         # plotting) can abort at exit ("terminate called without an active exception").
         barrier(rt)
@@ -419,12 +596,20 @@ def main(argv: list[str]) -> Llama:
             dist.destroy_process_group()
 
 
-def train(cfg: TrainConfig, rt: Runtime) -> Llama:
+def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llama:
+    """Train as `cfg` says; `minutes_from_now`: a resume's max_minutes counts from where it resumes."""
     out = Path(cfg.out_dir)
+    data_dir = data_folder(cfg, rt)
+    context_note = "given"
+    if not cfg.context:
+        cfg.context, context_note = default_context(data_dir)
     if cfg.tokens_per_step:
         cfg.grad_accum = max(1, round(cfg.tokens_per_step / (cfg.batch_size * cfg.context * rt.world)))
-    data_dir = data_folder(cfg, rt)
-    vocab_size = Tokenizer.load(data_dir / "tokenizer.json").vocab_size
+    try:
+        vocab_size = Tokenizer.load(data_dir / "tokenizer.json").vocab_size
+    except FileNotFoundError:
+        raise DataError(f"--data={data_dir}: no tokenizer.json; prepare the folder again") from None
+    has_val = has_val_split(data_dir, warn=rt.main)
     mc = model_config(cfg, vocab_size)
     torch.manual_seed(cfg.seed)
     model = build_model(mc, cfg, rt)
@@ -444,8 +629,19 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
         stream.load_state_dict(state["data"])  # the same on every rank, whatever the world size
         if len(state["rng"]) == rt.world:
             torch.set_rng_state(state["rng"][rt.rank])
+        if minutes_from_now and cfg.max_minutes:
+            cfg.max_minutes += minutes_before
+    elif cfg.overwrite and rt.main:
+        remove_earlier_run(out)
+    barrier(rt)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
+    nothing_to_do = resume_note(cfg, out, step, minutes_before) if cfg.resume else ""
+    if nothing_to_do:
+        if rt.main:
+            print(nothing_to_do, flush=True)
+        if finished_at(log_path, step):  # else the final evaluation and pictures are still to come
+            return model
     if rt.main:  # lines past the checkpoint belong to a run that died: drop them
         log_path.write_text("".join(json.dumps(r) + "\n" for r in (read_log(log_path, step) if cfg.resume else [])))
 
@@ -467,8 +663,9 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     if rt.main:
-        print(f"model {cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; "
-              f"{tokens_per_step} tokens per step on {rt.world} x {rt.device}", flush=True)
+        print(f"model {cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; context {cfg.context} "
+              f"({context_note}); {tokens_per_step} tokens per step on {rt.world} x {rt.device}"
+              f"{f', {rt.threads} threads' if rt.device.type == 'cpu' else ''}", flush=True)
 
     stop_signal: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -499,7 +696,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
     model.train()
     tok_s, stopped = 0.0, False
     try:
-        while not (cfg.max_steps and step >= cfg.max_steps) and not (cfg.max_minutes and minutes >= cfg.max_minutes):
+        while not limit_reached(cfg, step, minutes):
             t0 = time.perf_counter()
             lr = lr_at(cfg, step, minutes)
             for group in optimizer.param_groups:
@@ -529,6 +726,9 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if not weights_finite(model, rt):
+                where = f"the last good checkpoint, step {saved_step}, is in {out}" if saved_step >= 0 else "no checkpoint was saved"
+                raise TrainingDiverged(f"step {step}: the optimizer step made weights NaN or inf; stopping without saving; {where}")
             dt = time.perf_counter() - t0
             tok_s = tokens_per_step / dt if tok_s == 0 else 0.9 * tok_s + 0.1 * tokens_per_step / dt
             record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
@@ -537,7 +737,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
             if peak:
                 record["mfu"] = flops_per_step / dt / (peak * rt.world)
                 postfix["mfu"] = f"{record['mfu']:.1%}"
-            if step % cfg.eval_every == 0:
+            if step % cfg.eval_every == 0 and has_val:
                 record.update(evaluate(model, data_dir, cfg, rt, cfg.eval_batches))
                 postfix["val_bpb"] = f"{record['val_bpb']:.3f}"
             log(record)
@@ -559,25 +759,19 @@ def train(cfg: TrainConfig, rt: Runtime) -> Llama:
         if rt.main:
             print(f"stopped by signal at step {step}; checkpoint saved in {out}", flush=True)
         return model
-    final = evaluate(model, data_dir, cfg, rt)
+    final = evaluate(model, data_dir, cfg, rt) if has_val else {}
     log({"step": step, "final": True, **final})
     if rt.main:
-        print(f"step {step}: val loss {final['val_loss']:.4f} nats/token, val bits per byte {final['val_bpb']:.4f} "
-              f"(uniform over bytes: 8.0); checkpoint in {out}", flush=True)
-        plot_losses(read_log(log_path), out / "loss.png")
-        if cfg.samples > 0:
-            print(sample_grid(out, cfg, rt.device, out / "samples.png"), flush=True)
+        result = (f"val loss {final['val_loss']:.4f} nats/token, val bits per byte {final['val_bpb']:.4f} "
+                  f"(uniform over bytes: 8.0)" if has_val else "no val split to evaluate")
+        print(f"step {step}: {result}; checkpoint in {out}", flush=True)
+        final_report(out, data_dir, cfg, rt, has_val)
     return model
 
 
 if __name__ == "__main__":
-    if {"-h", "--help"} & set(sys.argv[1:]):
-        print(__doc__)
-        print("settings (TrainConfig) and their defaults:")
-        for field in dataclasses.fields(TrainConfig):
-            print(f"  --{field.name}={field.default}")
-        sys.exit(0)
+    warnings.formatwarning = lambda message, *args, **kwargs: f"train.py: warning: {message}\n"
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged) as e:
+    except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:
         sys.exit(f"train.py: {e}")

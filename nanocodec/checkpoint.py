@@ -1,4 +1,4 @@
-"""Checkpoint directories: atomic save, safe load, and loading a trained model for inference.
+"""Checkpoint directories: atomic save, safe and verified load, and loading a trained model for inference.
 
 A checkpoint directory holds
   model.safetensors  the weights (metadata: the step)
@@ -6,19 +6,23 @@ A checkpoint directory holds
   tokenizer.json     copied from the data folder
   manifest.json      copied from the data folder
   config.json        {"version": 1, "step", "model", "train", "data": {"path", "manifest_sha256"},
-                      "kind", "codec"}
-Saving writes every file into `.staging/`, hard-links the current checkpoint (when it is whole)
-into `previous/`, then moves the new files in with os.replace, config.json last. A kill at any
-moment leaves either a complete checkpoint in the directory or a complete previous one in
-`previous/`, and the loaders fall back to `previous/` when the directory's files disagree about
-the step. Loading never runs
-pickled code: weights come from safetensors, state.pt goes through torch.load(weights_only=True).
+                      "kind", "codec", "files": {name: sha256 of every other file}}
+Saving refuses non-finite weights, writes every file into `.staging/`, hard-links the current
+checkpoint (when it is whole and its checksums hold) into `previous/`, then moves the new files in
+with os.replace, config.json last, and removes `previous/` only once the new checkpoint reads back
+whole. A kill at any moment leaves either a complete checkpoint in the directory or a complete
+previous one in `previous/`. Every load checks the files against the sha256 sums in config.json
+and the weights' step against config.json's, and falls back to `previous/` (with a warning) when
+the directory's checkpoint fails either check. Loading never runs pickled code: weights come from
+safetensors, state.pt goes through torch.load(weights_only=True). A file is hashed once per process
+while its inode, size and times stay the same, so a save's own check and the next load are free.
 Does not own: what goes into the state (train.py) or the model itself (nanocodec.model).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import os
 import shutil
 import warnings
@@ -35,7 +39,9 @@ from nanocodec.model import Llama, ModelConfig
 VERSION = 1
 WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG = "model.safetensors", "state.pt", "tokenizer.json", "manifest.json", "config.json"
 FILES = (WEIGHTS, STATE, TOKENIZER, MANIFEST, CONFIG)  # the order of the final renames: config.json commits
+CHECKSUMMED = FILES[:-1]  # config.json records the sha256 of the others
 STAGING, PREVIOUS = ".staging", "previous"
+NAMES = (*FILES, STAGING, PREVIOUS, PREVIOUS + ".tmp")  # everything a checkpoint directory may hold
 
 
 class CheckpointError(RuntimeError):
@@ -59,6 +65,23 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, identity: tuple) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, cached while its inode, size and times stay the same (renames and hard
+    links keep the inode, so a staged file is hashed once)."""
+    st = os.stat(path)
+    return _sha256_of(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def save(
@@ -98,6 +121,10 @@ def save_files(
     entries (nanocodec.hf records where an imported model came from).
     """
     out = Path(out_dir)
+    bad = _non_finite(weights) if not callable(weights) else []
+    if bad:
+        raise CheckpointError(f"{out}: not saving step {step}: non-finite weights in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}")
     manifest = json.loads(manifest_text)
     config = {
         "version": VERSION,
@@ -119,14 +146,16 @@ def save_files(
     torch.save({**state, "step": step}, staging / STATE)
     (staging / TOKENIZER).write_text(tokenizer_text)
     (staging / MANIFEST).write_text(manifest_text)
-    (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    for name in FILES:
+    for name in CHECKSUMMED:
         _fsync(staging / name)
+    config["files"] = {name: sha256(staging / name) for name in CHECKSUMMED}
+    (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    _fsync(staging / CONFIG)
 
     previous = out / PREVIOUS
     if _is_complete(out):  # it becomes the fallback; else previous/ already holds the last whole one
         shutil.rmtree(previous, ignore_errors=True)
-        linking = out / (PREVIOUS + ".tmp")
+        linking = out / NAMES[-1]
         shutil.rmtree(linking, ignore_errors=True)
         linking.mkdir()
         for name in FILES:
@@ -139,6 +168,9 @@ def save_files(
         os.replace(staging / name, out / name)
     _fsync(out)
     shutil.rmtree(staging, ignore_errors=True)
+    if not _is_complete(out):  # the disk lost what was just written: previous/ stays the fallback
+        raise CheckpointError(f"{out}: the checkpoint of step {step} does not read back whole after the save; "
+                              f"the loaders fall back to {previous}")
     shutil.rmtree(previous, ignore_errors=True)
 
 
@@ -176,7 +208,26 @@ def _read_config(ckpt: Path) -> dict:
     manifest_sha = hashlib.sha256((ckpt / MANIFEST).read_bytes()).hexdigest() if (ckpt / MANIFEST).exists() else None
     if manifest_sha != config["data"].get("manifest_sha256"):
         raise CheckpointError(f"{ckpt / MANIFEST}: missing or not the manifest config.json was saved with")
+    _check_files(ckpt, config)
     return config
+
+
+def _check_files(ckpt: Path, config: dict) -> None:
+    """Every file's sha256 against config.json's record (checkpoints saved before checksums warn)."""
+    recorded = config.get("files")
+    if recorded is None:
+        warnings.warn(f"{ckpt / CONFIG}: no checksums recorded (saved by an older nanocodec): files not verified", stacklevel=4)
+        return
+    if not isinstance(recorded, dict) or set(recorded) != set(CHECKSUMMED):
+        raise CheckpointError(f"{ckpt / CONFIG}: 'files' should hold the sha256 of {', '.join(CHECKSUMMED)}")
+    for name in CHECKSUMMED:
+        try:
+            actual = sha256(ckpt / name)
+        except FileNotFoundError:
+            raise CheckpointError(f"{ckpt / name}: missing (not a complete checkpoint directory)") from None
+        if actual != recorded[name]:
+            raise CheckpointError(f"{ckpt / name}: sha256 {actual[:12]}... differs from the {recorded[name][:12]}... "
+                                  f"config.json recorded at the save: the file is corrupt or was changed")
 
 
 def _model_config(ckpt: Path, config: dict) -> ModelConfig:

@@ -5,7 +5,7 @@ stream (memmaps, as in nanoGPT), cut into `context + 1`-token chunks every `cont
 paper's concatenate-and-chunk: documents run into each other, <bos>/<eos> mark the seams), served
 in a seeded random order, epoch after epoch; `val_batches`, one walk over the val split in which
 every token but the <bos> of each document is a target exactly once; `codec_bytes` for
-bits-per-byte; `documents`, the token ids of each document (for prompts).
+bits-per-byte; `documents`, the token ids of each document (for prompts), and `document_lengths`.
 Does not own: writing shards or their format (nanocodec.prepare), tokenization (nanocodec.bpe).
 """
 from __future__ import annotations
@@ -175,3 +175,8 @@ def documents(path: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
         tokens = next(shards)
         for start, end in zip(offsets[:-1], offsets[1:]):
             yield np.asarray(tokens[start + 1:end - 1])
+
+
+def document_lengths(path: str | os.PathLike, split: str) -> np.ndarray:
+    """Tokens per document of a split, its <bos> and <eos> included (from the shard indexes)."""
+    return np.concatenate([np.diff(offsets) for offsets in _Split(path, split).offsets] or [np.zeros(0, np.int64)])
