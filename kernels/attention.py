@@ -289,6 +289,85 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _attn_decode_split(Q, K, V, O_PART, LSE_PART,
+                       stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                       stride_vb, stride_vh, stride_vn,
+                       Hkv, GROUP, Tq, Tk, split_len, num_splits, qk_scale,
+                       CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    # One program: all GROUP * Tq query rows of one kv head (row r is q head kvh * GROUP + r // Tq,
+    # query r % Tq, so the group shares each K/V load) against keys [lo, lo + split_len).
+    split = tl.program_id(0)
+    off_kvh = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < GROUP * Tq
+    q_head = off_kvh * GROUP + rows // Tq
+    q_pos = rows % Tq
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + off_b * stride_qb + q_head[:, None] * stride_qh + q_pos[:, None] * stride_qm
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    k_base = K + off_b * stride_kb + off_kvh * stride_kh
+    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+
+    # A finite floor instead of -inf: a row may see no key of this split, and -inf - -inf is NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, Tk)
+    last_key = q_pos + (Tk - Tq)  # causal: the last key each row sees
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_range = offs_n < hi
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        keep = in_range[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= last_key[:, None])
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+
+    seen = l_i > 0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    # Partials are (B, Hkv, splits, BLOCK_M, D) and (B, Hkv, splits, BLOCK_M), contiguous.
+    part = ((off_b * Hkv + off_kvh) * num_splits + split) * BLOCK_M + rows
+    tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
+    tl.store(LSE_PART + part, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_decode_combine(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_om,
+                         Hkv, GROUP, Tq, num_splits,
+                         BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr):
+    # One program per query row: o = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max lse_s.
+    row = tl.program_id(0)
+    off_kvh = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    splits = tl.arange(0, BLOCK_S)
+    split_ok = splits < num_splits
+    offs_d = tl.arange(0, HEAD_DIM)
+    part = ((off_b * Hkv + off_kvh) * num_splits + splits) * BLOCK_M + row
+    lse = tl.load(LSE_PART + part, mask=split_ok, other=float("-inf"))
+    o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=split_ok[:, None],
+                other=0.0)
+    w = tl.math.exp2(lse - tl.max(lse, 0))  # every row sees key 0, so max(lse) is finite
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    q_head = off_kvh * GROUP + row // Tq
+    tl.store(O + off_b * stride_ob + q_head * stride_oh + (row % Tq) * stride_om + offs_d,
+             out.to(O.dtype.element_ty))
+
+
 def _gpu_configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n, w, s in pairs]
@@ -310,6 +389,12 @@ _attn_bwd_dq_tuned = triton.autotune(_gpu_configs([
     (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
 ]), key=_TUNE_KEY)(_attn_bwd_dq)
 
+def tuned_configs(kind: str, arch: int) -> list[triton.Config]:
+    return {"fwd": _attn_fwd_tuned, "bwd_dkdv": _attn_bwd_dkdv_tuned,
+            "bwd_dq": _attn_bwd_dq_tuned}[kind].configs
+
+
+DELTA_BLOCK = 64
 # The CPU interpreter runs one fixed, small configuration (it cannot autotune and pays per program).
 # BLOCK_M != BLOCK_N on purpose, so tests cover diagonal blocks that straddle block edges.
 INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
@@ -403,6 +488,65 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     return dq, dk, dv
 
 
+# Split-K decoding: a step with few queries (Tq <= DECODE_MAX_TQ) over a long cache launches one
+# program per (key range, kv head, batch row) instead of one per (query block, head, batch row),
+# which for Tq = 1 would leave most of a GPU idle.
+DECODE_MAX_TQ = 16
+DECODE_MAX_ROWS = 128  # GROUP * Tq rows share one program; more than this takes the plain forward
+DECODE_MIN_SPLIT = 256  # keys per split: below this a program's work does not pay for its launch
+INTERPRETER_DECODE_PROGRAMS = 8
+
+
+def decode_splits(q: torch.Tensor, k: torch.Tensor) -> int:
+    """How many key ranges split-K decoding would use for q over k; 1 means take the plain forward."""
+    b, hq, tq, _ = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    if tq > DECODE_MAX_TQ or (hq // hkv) * tq > DECODE_MAX_ROWS or os.environ.get(
+            "NANOCODEC_SPLIT_K", "1") == "0":
+        return 1
+    if _use_interpreter(q):
+        programs = INTERPRETER_DECODE_PROGRAMS
+    else:  # two waves of programs over the SMs
+        programs = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
+    return max(1, min(triton.cdiv(tk, DECODE_MIN_SPLIT), triton.cdiv(programs, b * hkv)))
+
+
+def decode_config(block_m: int, head_dim: int, arch: int) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) of the split kernel; python -m kernels.compile_check
+    compiles each one the dispatch can pick."""
+    warps = 4 if block_m * head_dim <= 32 * 128 else 8
+    return 64, warps, 3 if arch >= 90 else 2
+
+
+def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                     scale: float, num_splits: int) -> torch.Tensor:
+    """Split-K forward (no autograd): each of `num_splits` key ranges is attended separately, then a
+    second kernel merges the partial (output, log-sum-exp) pairs exactly."""
+    b, hq, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    group = hq // hkv
+    block_m = max(16, triton.next_power_of_2(group * tq))
+    if _use_interpreter(q):
+        block_n, meta = 16, {}
+    else:
+        block_n, warps, stages = decode_config(block_m, d, torch.cuda.get_device_capability(q.device)[0] * 10)
+        meta = dict(num_warps=warps, num_stages=stages)
+    split_len = triton.cdiv(triton.cdiv(tk, num_splits), block_n) * block_n
+    num_splits = triton.cdiv(tk, split_len)
+    o_part = torch.empty((b, hkv, num_splits, block_m, d), device=q.device, dtype=torch.float32)
+    lse_part = torch.empty((b, hkv, num_splits, block_m), device=q.device, dtype=torch.float32)
+    _attn_decode_split[(num_splits, hkv, b)](
+        q, k, v, o_part, lse_part, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        hkv, group, tq, tk, split_len, num_splits, scale * LOG2E,
+        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, PRECISION=_precision(q),
+        **meta)
+    o = torch.empty((b, hq, tq, d), device=q.device, dtype=q.dtype)
+    _attn_decode_combine[(group * tq, hkv, b)](
+        o_part, lse_part, o, *o.stride()[:3], hkv, group, tq, num_splits,
+        BLOCK_M=block_m, BLOCK_S=triton.next_power_of_2(num_splits), HEAD_DIM=d)
+    return o
+
+
 def _precision(q: torch.Tensor) -> str:
     # fp32 inputs get true fp32 products (not TF32) so the fp32 path means what it says.
     return "ieee" if q.dtype == torch.float32 else "tf32"
@@ -440,6 +584,12 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
         raise ValueError(f"attention: unsupported dtype {q.dtype} (float32, float16, bfloat16)")
     if q.numel() == 0:
         return attention_torch(q, k, v, causal, scale)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not needs_grad:
+        splits = decode_splits(q, k)
+        if splits > 1:
+            return attention_decode(q, k, v, causal, _resolve_scale(q, scale), splits)
     return FlashAttention.apply(q, k, v, causal, _resolve_scale(q, scale))
 
 

@@ -1,0 +1,259 @@
+"""Offline GPU compile check: `python -m kernels.compile_check [--quick] [--arch 80 90]`.
+
+Owns the table of what every launchable kernel costs on an A100 (sm_80) and an H100 (sm_90) without
+either: each (kernel, config, dtype, head dim) that the dispatch in kernels/ can launch is compiled
+with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and the cubin's resource
+usage is read with the `cuobjdump` bundled in the triton wheel: registers per thread, stack frame
+bytes (where ptxas puts spilled registers; 0 means no spills), dynamic shared memory (Triton's
+allocation), and whether the matmuls lowered to tensor-core instructions (`mma.sync` on sm_80,
+`wgmma` on sm_90, read from the PTX).
+
+The launch lists themselves live with the kernels (`kernels.attention.compile_specs()`, and the
+same in rmsnorm.py and rope.py), so what is checked is what runs. Exit status is 1 when a (kernel,
+dtype, head dim, arch) has no clean config (no spills, shared memory within the chip's opt-in limit)
+or any config exceeds the chip's shared memory, 0 otherwise. Triton caches compiled kernels by
+source hash (~/.triton/cache), so a second run only re-reads the cubins.
+
+Does not own the kernels, their correctness (tests/test_kernels_*.py) or their speed (kernels.bench).
+It must run in a process without TRITON_INTERPRET=1 (the interpreter replaces the jitted functions).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+# Opt-in shared memory per block: A100 163 KB, H100 227 KB.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+TENSOR_CORE_OP = {80: "mma.sync", 90: "wgmma"}
+ARCHS = (80, 90)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One compilable launch: a kernel, its argument types, constexprs and launch options.
+
+    `group` names the row of the verdict (kernel, dtype, head dim): a group is clean on an arch
+    when at least one of its launches is.
+    """
+    module: str  # e.g. "kernels.attention"
+    kernel: str  # attribute name of the @triton.jit function in that module
+    group: tuple[str, str, int]  # (kernel label, dtype, head dim or row length)
+    config: str  # human-readable config, e.g. "128x64 w8 s3"
+    signature: dict[str, str]  # every non-constexpr argument -> triton type ("*bf16", "i32", ...)
+    constexprs: dict[str, object]
+    num_warps: int
+    num_stages: int
+    aligned: tuple[str, ...] = ()  # arguments known divisible by 16 (pointers and strides)
+    uses_dot: bool = True
+    arch: int | None = None  # None: launched on every arch; else only there (per-arch config lists)
+
+
+@dataclass
+class Result:
+    launch: Launch
+    arch: int
+    registers: int = 0
+    stack: int = 0
+    shared: int = 0
+    tensor_cores: bool = False
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.error and self.stack == 0 and self.shared <= SHARED_LIMIT[self.arch]
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_one(launch: Launch, arch: int) -> Result:
+    """Compile `launch` for `arch` and read its resource usage from the cubin."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    result = Result(launch, arch)
+    fn = getattr(importlib.import_module(launch.module), launch.kernel)
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in launch.aligned}
+    src = ASTSource(fn, launch.signature, launch.constexprs, attrs)
+    try:
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=launch.num_warps,
+                                               num_stages=launch.num_stages))
+    except Exception as e:  # a config that does not compile is a finding, not a crash
+        result.error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        return result
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name],
+                               capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"(\w+):(\d+)", usage.split("Function", 1)[-1]))
+    result.registers = int(fields.get("REG", 0))
+    result.stack = int(fields.get("STACK", 0)) + int(fields.get("LOCAL", 0))
+    result.shared = int(compiled.metadata.shared) + int(fields.get("SHARED", 0))
+    result.tensor_cores = TENSOR_CORE_OP[arch] in compiled.asm["ptx"]
+    return result
+
+
+def _compile_star(args: tuple[Launch, int]) -> Result:
+    return compile_one(*args)
+
+
+def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...],
+               constexprs: dict[str, object]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Argument types for `fn`: named pointers, fp32 scalars, the rest i32; plus the aligned args."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        else:
+            sig[name] = "fp32" if name in floats else "i32"
+    aligned = tuple(n for n in fn.arg_names if n in pointers or n.startswith("stride"))
+    return sig, aligned
+
+
+def attention_launches() -> list[Launch]:
+    """Forward, delta, dK/dV and dQ for every autotune config, dtype, head dim and causality."""
+    import importlib
+
+    A = importlib.import_module("kernels.attention")  # kernels.attention is also the function
+    out = []
+    for dtype in ("bf16", "fp16"):
+        x, f = f"*{dtype}", "*fp32"
+        roles = {
+            "fwd": (A._attn_fwd, dict(Q=x, K=x, V=x, O=x, LSE=f)),
+            "bwd_dkdv": (A._attn_bwd_dkdv, dict(Q=x, K=x, V=x, DO=x, LSE=f, DELTA=f, DK=x, DV=x)),
+            "bwd_dq": (A._attn_bwd_dq, dict(Q=x, K=x, V=x, DO=x, LSE=f, DELTA=f, DQ=x)),
+        }
+        for d in (64, 128):
+            for label, (fn, pointers) in roles.items():
+                for arch in ARCHS:
+                    for cfg in A.tuned_configs(label, arch):
+                        for causal in (True, False):
+                            consts = dict(CAUSAL=causal, HEAD_DIM=d, PRECISION="tf32", **cfg.kwargs)
+                            sig, aligned = _signature(fn, pointers, ("qk_scale", "scale"), consts)
+                            name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} " \
+                                   f"w{cfg.num_warps} s{cfg.num_stages}" + ("" if causal else " nc")
+                            out.append(Launch("kernels.attention", fn.__name__, (label, dtype, d),
+                                              name, sig, consts, cfg.num_warps, cfg.num_stages,
+                                              aligned, arch=arch))
+            consts = dict(BLOCK_M=A.DELTA_BLOCK, HEAD_DIM=d)
+            sig, aligned = _signature(A._attn_bwd_delta, dict(O=x, DO=x, DELTA=f), (), consts)
+            out.append(Launch("kernels.attention", "_attn_bwd_delta", ("bwd_delta", dtype, d),
+                              f"{A.DELTA_BLOCK} w4", sig, consts, 4, 3, aligned, uses_dot=False))
+    return out
+
+
+def all_launches(quick: bool = False) -> list[Launch]:
+    """Every launch the dispatch can make; `quick` keeps the hardest rows (bf16, largest size)."""
+    launches = [*attention_launches()]
+    if quick:
+        launches = [x for x in launches if x.group[1] == "bf16" and x.group[2] in (128, 16384)]
+    return launches
+
+
+def run(launches: list[Launch], archs: tuple[int, ...], workers: int) -> list[Result]:
+    jobs = [(x, a) for x in launches for a in archs if x.arch in (None, a)]
+    if workers <= 1:
+        return [compile_one(*j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_compile_star, jobs, chunksize=1))
+
+
+def verdict(results: list[Result]) -> list[str]:
+    """One line per failure: a group with no clean config, or a config over shared memory."""
+    problems = []
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((*r.launch.group, r.arch), []).append(r)
+        if r.shared > SHARED_LIMIT[r.arch]:
+            problems.append(f"{r.launch.group[0]} {r.launch.config} {r.launch.group[1]} "
+                            f"d{r.launch.group[2]} sm_{r.arch}: {r.shared} B of shared memory, "
+                            f"limit {SHARED_LIMIT[r.arch]}")
+    for (name, dtype, size, arch), rs in groups.items():
+        if not any(r.clean for r in rs):
+            problems.append(f"{name} {dtype} d{size} sm_{arch}: no clean config "
+                            f"({', '.join(_cell(r) for r in rs)})")
+    return problems
+
+
+def _cell(r: Result) -> str:
+    if r.error:
+        return f"{r.launch.config}: ERROR {r.error}"
+    tc = "" if not r.launch.uses_dot else (" " + TENSOR_CORE_OP[r.arch] if r.tensor_cores
+                                            else " no-tensor-cores")
+    spill = f" SPILL {r.stack} B" if r.stack else ""
+    return f"{r.launch.config}: {r.registers} regs{spill} {r.shared // 1024} KB{tc}"
+
+
+def print_table(results: list[Result]) -> None:
+    print("| kernel | dtype | size | arch | config | registers | spill B | shared KB | tensor cores |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(results, key=lambda r: (r.launch.group, r.arch, r.launch.config)):
+        name, dtype, size = r.launch.group
+        tc = "-" if not r.launch.uses_dot else (TENSOR_CORE_OP[r.arch] if r.tensor_cores else "NO")
+        if r.error:
+            print(f"| {name} | {dtype} | {size} | sm_{r.arch} | {r.launch.config} | ERROR "
+                  f"{r.error} | | | |")
+            continue
+        print(f"| {name} | {dtype} | {size} | sm_{r.arch} | {r.launch.config} | {r.registers} | "
+              f"{r.stack} | {r.shared / 1024:.0f} | {tc} |")
+
+
+def summary(results: list[Result]) -> None:
+    """The issue's table shape: per kernel and (head dim, arch), clean configs out of all."""
+    cols = sorted({(r.launch.group[1], r.launch.group[2], r.arch) for r in results})
+    names = sorted({r.launch.group[0] for r in results})
+    print("\n| kernel | " + " | ".join(f"{d} {s} sm_{a}" for d, s, a in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name in names:
+        cells = []
+        for d, s, a in cols:
+            rs = [r for r in results if r.launch.group == (name, d, s) and r.arch == a]
+            cells.append(f"{sum(r.clean for r in rs)}/{len(rs)} clean" if rs else "")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="only bf16 at head dim 128 / row 16384, the hardest rows")
+    parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--kernel", default="", help="only kernels whose label contains this")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("kernels.compile_check: TRITON_INTERPRET=1 replaces the jitted kernels; run it "
+              "without that variable (env -u TRITON_INTERPRET ...)", file=sys.stderr)
+        return 2
+    launches = [x for x in all_launches(args.quick) if args.kernel in x.group[0]]
+    results = run(launches, tuple(args.arch), args.workers)
+    print_table(results)
+    summary(results)
+    problems = verdict(results)
+    print()
+    for p in problems:
+        print("FAIL", p)
+    print(f"{len(results)} compiles, {sum(r.clean for r in results)} clean, "
+          f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
