@@ -26,6 +26,7 @@ Backward, with p_ij = exp2(s_ij * log2(e) - lse2_i) recomputed from the saved LS
 Every output element is written by exactly one program in a fixed order: no atomics, so the
 backward is deterministic.
 """
+import functools
 import math
 import os
 
@@ -186,25 +187,18 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
     causal_shift = Tk - Tq
-    if CAUSAL:
-        # Queries before q_lo see no key of this block; from q_full on they see all of it.
-        q_lo = tl.maximum(start_n - causal_shift, 0)
-        q_full = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_shift, q_lo), Tq)
-        q_mid = q_lo + tl.cdiv(q_full - q_lo, BLOCK_M) * BLOCK_M
-    else:
-        q_lo = 0
-        q_mid = 0
+    # Queries before q_lo see no key of this block. One loop, masked throughout when causal: a
+    # second, unmasked copy of the loop for the fully visible blocks (as the forward has) costs
+    # registers this kernel does not have at head dim 128 (dK, dV, K and V stay resident).
+    q_lo = tl.maximum(start_n - causal_shift, 0) if CAUSAL else 0
     for g in range(GROUP):
         off_h = off_kvh * GROUP + g
         q_base = Q + off_b * stride_qb + off_h * stride_qh
         do_base = DO + off_b * stride_dob + off_h * stride_doh
         row_base = (off_b * Hq + off_h) * Tq
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base,
-                                 stride_qm, stride_dom, offs_n, q_lo, q_mid, Tq, causal_shift,
+                                 stride_qm, stride_dom, offs_n, q_lo, Tq, Tq, causal_shift,
                                  qk_scale, CAUSAL, BLOCK_M, HEAD_DIM, PRECISION)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base,
-                                 stride_qm, stride_dom, offs_n, q_mid, Tq, Tq, causal_shift,
-                                 qk_scale, False, BLOCK_M, HEAD_DIM, PRECISION)
     dk = dk * scale
     tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=key_ok)
@@ -349,49 +343,83 @@ def _attn_decode_split(Q, K, V, O_PART, LSE_PART,
 @triton.jit
 def _attn_decode_combine(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_om,
                          Hkv, GROUP, Tq, num_splits,
-                         BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+                         HEAD_DIM: tl.constexpr):
     # One program per query row: o = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max lse_s.
+    # The weights come from all splits at once; the (splits, D) partials in chunks, so a few
+    # hundred splits never sit in registers together.
     row = tl.program_id(0)
     off_kvh = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
+    part_base = (off_b * Hkv + off_kvh) * num_splits
     splits = tl.arange(0, BLOCK_S)
-    split_ok = splits < num_splits
+    lse = tl.load(LSE_PART + (part_base + splits) * BLOCK_M + row, mask=splits < num_splits,
+                  other=float("-inf"))
+    m = tl.max(lse, 0)  # every row sees key 0, so some split's lse is finite
+    w_sum = tl.sum(tl.math.exp2(lse - m), 0)
     offs_d = tl.arange(0, HEAD_DIM)
-    part = ((off_b * Hkv + off_kvh) * num_splits + splits) * BLOCK_M + row
-    lse = tl.load(LSE_PART + part, mask=split_ok, other=float("-inf"))
-    o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=split_ok[:, None],
-                other=0.0)
-    w = tl.math.exp2(lse - tl.max(lse, 0))  # every row sees key 0, so max(lse) is finite
-    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, num_splits, CHUNK):
+        chunk = start + tl.arange(0, CHUNK)
+        ok = chunk < num_splits
+        part = (part_base + chunk) * BLOCK_M + row
+        w = tl.math.exp2(tl.load(LSE_PART + part, mask=ok, other=float("-inf")) - m)
+        o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None],
+                    other=0.0)
+        acc += tl.sum(o * w[:, None], 0)
     q_head = off_kvh * GROUP + row // Tq
     tl.store(O + off_b * stride_ob + q_head * stride_oh + (row % Tq) * stride_om + offs_d,
-             out.to(O.dtype.element_ty))
+             (acc / w_sum).to(O.dtype.element_ty))
 
 
-def _gpu_configs(pairs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in pairs]
-
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Candidates were compiled for sm_90 with ptxas: all use
-# wgmma, and each list holds configs that do not spill registers at head dim 64 and at 128 (a few
-# 4-warp ones spill at 128 and are there for 64). The autotuner keys on head dim, causality, GQA
-# group and the power-of-two bucket of the lengths, so a new sequence length seldom retunes.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, arch (80: A100 and other sm_8x; 90: H100
+# and newer) and head dim (64 stands for 16..64). `python -m kernels.compile_check` compiles every
+# entry for sm_80 and sm_90 in bf16 and fp16, causal or not, and each one spills no register and
+# fits the chip's shared memory; tiles stay FlashAttention-sized (at least 64 x 32 elements).
+# At head dim 128 on sm_80 the dK/dV kernel holds K, V, dK and dV for its whole key block (192 of
+# 255 registers at 8 warps and 128 x 128), hence 64-key blocks there.
+CONFIGS: dict[tuple[str, int, int], list[tuple[int, int, int, int]]] = {
+    ("fwd", 80, 64): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+    ("fwd", 80, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 8, 2),
+                       (64, 64, 4, 3)],
+    ("fwd", 90, 64): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+    ("fwd", 90, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 8, 2),
+                       (128, 32, 8, 3)],
+    ("bwd_dkdv", 80, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
+    ("bwd_dkdv", 80, 128): [(64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2)],
+    ("bwd_dkdv", 90, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3)],
+    ("bwd_dkdv", 90, 128): [(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3)],
+    ("bwd_dq", 80, 64): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],
+    ("bwd_dq", 80, 128): [(128, 32, 8, 2), (128, 32, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3),
+                          (64, 32, 4, 2)],
+    ("bwd_dq", 90, 64): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],
+    ("bwd_dq", 90, 128): [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3),
+                          (64, 64, 4, 2)],
+}
+KERNELS = {"fwd": _attn_fwd, "bwd_dkdv": _attn_bwd_dkdv, "bwd_dq": _attn_bwd_dq}
+# The autotuner keys on head dim, causality, GQA group and the power-of-two bucket of the lengths,
+# so a new sequence length seldom retunes.
 _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "GROUP", "TQ_BUCKET", "TK_BUCKET"]
-_attn_fwd_tuned = triton.autotune(_gpu_configs([
-    (128, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-]), key=_TUNE_KEY)(_attn_fwd)
-_attn_bwd_dkdv_tuned = triton.autotune(_gpu_configs([
-    (32, 128, 8, 3), (32, 128, 8, 2), (32, 64, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3),
-    (16, 64, 4, 3),
-]), key=_TUNE_KEY)(_attn_bwd_dkdv)
-_attn_bwd_dq_tuned = triton.autotune(_gpu_configs([
-    (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-]), key=_TUNE_KEY)(_attn_bwd_dq)
 
-def tuned_configs(kind: str, arch: int) -> list[triton.Config]:
-    return {"fwd": _attn_fwd_tuned, "bwd_dkdv": _attn_bwd_dkdv_tuned,
-            "bwd_dq": _attn_bwd_dq_tuned}[kind].configs
+
+def config_arch(capability: tuple[int, int]) -> int:
+    """The CONFIGS column for a GPU of this compute capability."""
+    return 90 if capability[0] >= 9 else 80
+
+
+def tuned_configs(kind: str, arch: int, head_dim: int) -> list[triton.Config]:
+    """The autotune list of kernel `kind` on `arch` (80 or 90) at `head_dim`."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in CONFIGS[kind, arch, 64 if head_dim <= 64 else 128]]
+
+
+@functools.cache
+def _tuned(kind: str, arch: int, head_dim: int) -> triton.runtime.Autotuner:
+    return triton.autotune(tuned_configs(kind, arch, head_dim), key=_TUNE_KEY)(KERNELS[kind])
+
+
+def _gpu_kernel(kind: str, q: torch.Tensor) -> triton.runtime.Autotuner:
+    return _tuned(kind, config_arch(torch.cuda.get_device_capability(q.device)), q.shape[-1])
 
 
 DELTA_BLOCK = 64
@@ -449,7 +477,7 @@ def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         _attn_fwd[(triton.cdiv(tq, block_m), hq, b)](*args, BLOCK_M=block_m, BLOCK_N=block_n,
                                                       **meta)
     else:
-        _attn_fwd_tuned[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](*args, **meta)
+        _gpu_kernel("fwd", q)[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](*args, **meta)
     return o, lse
 
 
@@ -460,7 +488,7 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     hkv, tk = k.shape[1], k.shape[2]
     do = _last_dim_contiguous(do)
     delta = torch.empty_like(lse)
-    delta_block = 32 if _use_interpreter(q) else 64
+    delta_block = 32 if _use_interpreter(q) else DELTA_BLOCK
     _attn_bwd_delta[(triton.cdiv(tq, delta_block), hq, b)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], hq, tq, BLOCK_M=delta_block, HEAD_DIM=d)
 
@@ -481,9 +509,9 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         _attn_bwd_dq[(triton.cdiv(tq, block_m), hq, b)](*dq_args, BLOCK_M=block_m,
                                                          BLOCK_N=block_n, **meta)
     else:
-        _attn_bwd_dkdv_tuned[lambda cfg: (triton.cdiv(tk, cfg["BLOCK_N"]), hkv, b)](
+        _gpu_kernel("bwd_dkdv", q)[lambda cfg: (triton.cdiv(tk, cfg["BLOCK_N"]), hkv, b)](
             *dkdv_args, **meta)
-        _attn_bwd_dq_tuned[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](
+        _gpu_kernel("bwd_dq", q)[lambda cfg: (triton.cdiv(tq, cfg["BLOCK_M"]), hq, b)](
             *dq_args, **meta)
     return dq, dk, dv
 
@@ -494,6 +522,8 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
 DECODE_MAX_TQ = 16
 DECODE_MAX_ROWS = 128  # GROUP * Tq rows share one program; more than this takes the plain forward
 DECODE_MIN_SPLIT = 256  # keys per split: below this a program's work does not pay for its launch
+DECODE_MAX_SPLITS = 256
+COMBINE_CHUNK = 16
 INTERPRETER_DECODE_PROGRAMS = 8
 
 
@@ -508,7 +538,8 @@ def decode_splits(q: torch.Tensor, k: torch.Tensor) -> int:
         programs = INTERPRETER_DECODE_PROGRAMS
     else:  # two waves of programs over the SMs
         programs = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
-    return max(1, min(triton.cdiv(tk, DECODE_MIN_SPLIT), triton.cdiv(programs, b * hkv)))
+    return max(1, min(triton.cdiv(tk, DECODE_MIN_SPLIT), triton.cdiv(programs, b * hkv),
+                      DECODE_MAX_SPLITS))
 
 
 def decode_config(block_m: int, head_dim: int, arch: int) -> tuple[int, int, int]:
@@ -529,7 +560,8 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     if _use_interpreter(q):
         block_n, meta = 16, {}
     else:
-        block_n, warps, stages = decode_config(block_m, d, torch.cuda.get_device_capability(q.device)[0] * 10)
+        arch = config_arch(torch.cuda.get_device_capability(q.device))
+        block_n, warps, stages = decode_config(block_m, d, arch)
         meta = dict(num_warps=warps, num_stages=stages)
     split_len = triton.cdiv(triton.cdiv(tk, num_splits), block_n) * block_n
     num_splits = triton.cdiv(tk, split_len)
@@ -543,7 +575,8 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     o = torch.empty((b, hq, tq, d), device=q.device, dtype=q.dtype)
     _attn_decode_combine[(group * tq, hkv, b)](
         o_part, lse_part, o, *o.stride()[:3], hkv, group, tq, num_splits,
-        BLOCK_M=block_m, BLOCK_S=triton.next_power_of_2(num_splits), HEAD_DIM=d)
+        BLOCK_M=block_m, BLOCK_S=triton.next_power_of_2(num_splits), CHUNK=COMBINE_CHUNK,
+        HEAD_DIM=d)
     return o
 
 

@@ -127,6 +127,10 @@ def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...],
     return sig, aligned
 
 
+def _causal(label: str, causal: bool) -> str:
+    return label if causal else f"{label} (non-causal)"
+
+
 def attention_launches() -> list[Launch]:
     """Forward, delta, dK/dV and dQ for every autotune config, dtype, head dim and causality."""
     import importlib
@@ -143,13 +147,14 @@ def attention_launches() -> list[Launch]:
         for d in (64, 128):
             for label, (fn, pointers) in roles.items():
                 for arch in ARCHS:
-                    for cfg in A.tuned_configs(label, arch):
+                    for cfg in A.tuned_configs(label, arch, d):
                         for causal in (True, False):
                             consts = dict(CAUSAL=causal, HEAD_DIM=d, PRECISION="tf32", **cfg.kwargs)
                             sig, aligned = _signature(fn, pointers, ("qk_scale", "scale"), consts)
                             name = f"{cfg.kwargs['BLOCK_M']}x{cfg.kwargs['BLOCK_N']} " \
-                                   f"w{cfg.num_warps} s{cfg.num_stages}" + ("" if causal else " nc")
-                            out.append(Launch("kernels.attention", fn.__name__, (label, dtype, d),
+                                   f"w{cfg.num_warps} s{cfg.num_stages}"
+                            out.append(Launch("kernels.attention", fn.__name__,
+                                              (_causal(label, causal), dtype, d),
                                               name, sig, consts, cfg.num_warps, cfg.num_stages,
                                               aligned, arch=arch))
             consts = dict(BLOCK_M=A.DELTA_BLOCK, HEAD_DIM=d)
@@ -159,9 +164,91 @@ def attention_launches() -> list[Launch]:
     return out
 
 
+def decode_launches() -> list[Launch]:
+    """The split-K kernel for every row count a decode step can pack, and the merge kernel."""
+    import importlib
+
+    import triton
+
+    A = importlib.import_module("kernels.attention")
+    out = []
+    for dtype in ("bf16", "fp16"):
+        x, f = f"*{dtype}", "*fp32"
+        for d in (64, 128):
+            for arch in ARCHS:
+                block_m = 16
+                while block_m <= A.DECODE_MAX_ROWS:
+                    block_n, warps, stages = A.decode_config(block_m, d, arch)
+                    for causal in (True, False):
+                        consts = dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+                                      HEAD_DIM=d, PRECISION="tf32")
+                        sig, aligned = _signature(A._attn_decode_split,
+                                                  dict(Q=x, K=x, V=x, O_PART=f, LSE_PART=f),
+                                                  ("qk_scale",), consts)
+                        out.append(Launch("kernels.attention", "_attn_decode_split",
+                                          (_causal("decode_split", causal), dtype, d),
+                                          f"{block_m}x{block_n} w{warps} s{stages}", sig, consts,
+                                          warps, stages, aligned, arch=arch))
+                    block_m *= 2
+            block_s = triton.next_power_of_2(A.DECODE_MAX_SPLITS)
+            consts = dict(BLOCK_M=A.DECODE_MAX_ROWS, BLOCK_S=block_s, CHUNK=A.COMBINE_CHUNK,
+                          HEAD_DIM=d)
+            sig, aligned = _signature(A._attn_decode_combine, dict(O_PART=f, LSE_PART=f, O=x), (),
+                                      consts)
+            out.append(Launch("kernels.attention", "_attn_decode_combine",
+                              ("decode_combine", dtype, d), f"{block_s} splits w4", sig, consts,
+                              4, 1, aligned, uses_dot=False))
+    return out
+
+
+def rmsnorm_launches() -> list[Launch]:
+    """Forward and backward for every row length the kernels take, in blocks of powers of two."""
+    from kernels import rmsnorm as R
+
+    out = []
+    for dtype in ("bf16", "fp16"):
+        x, f = f"*{dtype}", "*fp32"
+        block = 128
+        while block <= R.MAX_COLS:
+            warps = R._num_warps(block)
+            for fn, pointers in ((R._rms_norm_fwd, dict(X=x, W=f, Y=x, RSTD=f)),
+                                 (R._rms_norm_bwd, dict(DY=x, X=x, W=f, RSTD=f, DX=x,
+                                                        DW_PARTIAL=f))):
+                consts = dict(BLOCK=block)
+                sig, aligned = _signature(fn, pointers, ("eps",), consts)
+                out.append(Launch("kernels.rmsnorm", fn.__name__,
+                                  (fn.__name__.removeprefix("_"), dtype, block), f"w{warps}",
+                                  sig, consts, warps, 3, aligned, uses_dot=False))
+            block *= 2
+    return out
+
+
+def rope_launches() -> list[Launch]:
+    """The rotation, forward and backward, with and without positions, every token block."""
+    from kernels import rope as P
+
+    out = []
+    for dtype in ("bf16", "fp16"):
+        x = f"*{dtype}"
+        pointers = dict(Q=x, K=x, QO=x, KO=x, COS="*fp32", SIN="*fp32", POS="*i64")
+        for d in (64, 128):
+            half = d // 2
+            for block_t in P.token_blocks(half):
+                for has_pos in (False, True):
+                    for backward in (False, True):
+                        consts = dict(HALF=half, BLOCK_HALF=half, BLOCK_T=block_t,
+                                      HAS_POS=has_pos, BACKWARD=backward)
+                        sig, aligned = _signature(P._rope_kernel, pointers, (), consts)
+                        out.append(Launch("kernels.rope", "_rope_kernel", ("rope", dtype, d),
+                                          f"T{block_t}{' pos' if has_pos else ''}"
+                                          f"{' bwd' if backward else ''} w4", sig, consts, 4, 3,
+                                          aligned, uses_dot=False))
+    return out
+
+
 def all_launches(quick: bool = False) -> list[Launch]:
     """Every launch the dispatch can make; `quick` keeps the hardest rows (bf16, largest size)."""
-    launches = [*attention_launches()]
+    launches = [*attention_launches(), *decode_launches(), *rmsnorm_launches(), *rope_launches()]
     if quick:
         launches = [x for x in launches if x.group[1] == "bf16" and x.group[2] in (128, 16384)]
     return launches

@@ -73,6 +73,15 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, POS,
                      stride_kt, stride_kot, offs_t, offs_d, mask, c1, c2, sa, sb, HALF)
 
 
+TILE = 2048  # elements of one half-head tile a program rotates
+
+
+def token_blocks(half: int) -> list[int]:
+    """Every BLOCK_T `_launch` can pick for head dim 2 * half (the last one for long sequences)."""
+    top = max(1, TILE // triton.next_power_of_2(half))
+    return [1 << i for i in range(top.bit_length())]
+
+
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             positions: torch.Tensor | None, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, cos, sin = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, cos, sin))
@@ -83,7 +92,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     if qo.numel() + ko.numel() == 0:
         return qo, ko
     block_half = triton.next_power_of_2(d // 2)
-    block_t = min(max(1, 2048 // block_half), triton.next_power_of_2(t))
+    block_t = min(max(1, TILE // block_half), triton.next_power_of_2(t))
     grid = (triton.cdiv(t, block_t), hq + hkv, b)
     _rope_kernel[grid](q, k, qo, ko, cos, sin, cos if positions is None else positions,
                        *q.stride()[:3], *k.stride()[:3], *qo.stride()[:3], *ko.stride()[:3],

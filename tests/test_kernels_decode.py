@@ -48,6 +48,7 @@ CASES = [  # batch, q heads, kv heads, q_len, k_len, head_dim, splits, dtype
     (1, 6, 2, 3, 100, 64, 4, torch.float16),
     (2, 2, 1, 16, 100, 16, 7, torch.float16),
     (1, 8, 1, 16, 40, 16, 2, torch.float32),  # 128 rows: the largest group one program takes
+    (1, 2, 1, 1, 300, 16, 19, torch.float32),  # more splits than the merge takes in one chunk
 ]
 
 
