@@ -549,6 +549,7 @@ def decode_config(block_m: int, head_dim: int, arch: int) -> tuple[int, int, int
     return 64, warps, 3 if arch >= 90 else 2
 
 
+@torch.library.custom_op("nanocodec::attention_decode", mutates_args=())
 def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                      scale: float, num_splits: int) -> torch.Tensor:
     """Split-K forward (no autograd): each of `num_splits` key ranges is attended separately, then a
@@ -580,26 +581,56 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return o
 
 
+@attention_decode.register_fake
+def _(q, k, v, causal, scale, num_splits):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 def _precision(q: torch.Tensor) -> str:
     # fp32 inputs get true fp32 products (not TF32) so the fp32 path means what it says.
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
-class FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                scale: float) -> torch.Tensor:
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        o, lse = _launch_forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return o
+# The kernels enter autograd and torch.compile as custom ops: compiled graphs keep each call as one
+# opaque node (no graph break per layer), the fake functions give compile the output shapes, and
+# the backward op is the registered gradient of the forward op.
+@torch.library.custom_op("nanocodec::flash_attention", mutates_args=())
+def flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse2): the output and the base-2 log-sum-exp per query row that the backward reuses."""
+    return _launch_forward(q, k, v, causal, scale)
 
-    @staticmethod
-    def backward(ctx, do: torch.Tensor):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _launch_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
+
+@flash_attention_op.register_fake
+def _(q, k, v, causal, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty(q.shape[:3], dtype=torch.float32))
+
+
+@torch.library.custom_op("nanocodec::flash_attention_backward", mutates_args=())
+def flash_attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                                v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, causal: bool,
+                                scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch_backward(do, q, k, v, o, lse, causal, scale)
+
+
+@flash_attention_backward_op.register_fake
+def _(do, q, k, v, o, lse, causal, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, causal, scale = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _attention_backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+    dq, dk, dv = flash_attention_backward_op(do, *ctx.saved_tensors, ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+flash_attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
 def _resolve_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -623,7 +654,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
         splits = decode_splits(q, k)
         if splits > 1:
             return attention_decode(q, k, v, causal, _resolve_scale(q, scale), splits)
-    return FlashAttention.apply(q, k, v, causal, _resolve_scale(q, scale))
+    return flash_attention_op(q, k, v, causal, _resolve_scale(q, scale))[0]
 
 
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,

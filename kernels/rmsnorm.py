@@ -74,37 +74,59 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-class RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x2 = _as_rows(x)
-        w = weight.contiguous()
-        m, n = x2.shape
-        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-        rstd = torch.empty(m, device=x.device, dtype=torch.float32)
-        block = triton.next_power_of_2(n)
-        if m:
-            _rms_norm_fwd[(m,)](x2, w, y, rstd, x2.stride(0), y.stride(0), n, eps, BLOCK=block,
-                                num_warps=_num_warps(block))
-        ctx.save_for_backward(x2, w, rstd)
-        ctx.x_shape, ctx.weight_dtype = x.shape, weight.dtype
-        return y.view(x.shape)
+# Custom ops, so autograd and torch.compile see one opaque node per call (see attention.py).
+@torch.library.custom_op("nanocodec::rms_norm", mutates_args=())
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd): the normalised rows and the fp32 1/rms per row the backward reuses."""
+    x2 = _as_rows(x)
+    m, n = x2.shape
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    rstd = torch.empty(m, device=x.device, dtype=torch.float32)
+    block = triton.next_power_of_2(n)
+    if m:
+        _rms_norm_fwd[(m,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), n, eps,
+                            BLOCK=block, num_warps=_num_warps(block))
+    return y.view(x.shape), rstd
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, w, rstd = ctx.saved_tensors
-        dy2 = _as_rows(dy)
-        m, n = x2.shape
-        dx = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
-        programs = _num_programs(x2, m)
-        partial = torch.empty((programs, n), device=x2.device, dtype=torch.float32)
-        block = triton.next_power_of_2(n)
-        if m:
-            _rms_norm_bwd[(programs,)](dy2, x2, w, rstd, dx, partial, dy2.stride(0), x2.stride(0),
-                                       dx.stride(0), m, n, triton.cdiv(m, programs), BLOCK=block,
-                                       num_warps=_num_warps(block))
-        dw = partial.sum(0).to(ctx.weight_dtype)
-        return dx.view(ctx.x_shape), dw, None
+
+@rms_norm_op.register_fake
+def _(x, weight, eps):
+    rows = x.numel() // x.shape[-1]
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype), x.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("nanocodec::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, dy2 = _as_rows(x), _as_rows(dy)
+    m, n = x2.shape
+    dx = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    programs = _num_programs(x2, m)
+    partial = torch.empty((programs, n), device=x.device, dtype=torch.float32)
+    block = triton.next_power_of_2(n)
+    if m:
+        _rms_norm_bwd[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0),
+                                   x2.stride(0), dx.stride(0), m, n, triton.cdiv(m, programs),
+                                   BLOCK=block, num_warps=_num_warps(block))
+    return dx.view(x.shape), partial.sum(0).to(weight.dtype)
+
+
+@rms_norm_backward_op.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype), torch.empty_like(weight)
+
+
+def _rms_norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_backward(ctx, dy: torch.Tensor, _drstd: torch.Tensor):
+    dx, dw = rms_norm_backward_op(dy, *ctx.saved_tensors)
+    return dx, dw, None
+
+
+rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup_context)
 
 
 def check_rms_norm_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -128,7 +150,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
                          f"{x.shape[-1]} (NANOCODEC_KERNELS=torch runs any length)")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"rms_norm: unsupported dtype {x.dtype} (float32, float16, bfloat16)")
-    return RMSNorm.apply(x, weight, float(eps))
+    return rms_norm_op(x, weight, float(eps))[0]
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
