@@ -1,7 +1,9 @@
 """Flash attention (FlashAttention-2 style) in Triton, forward and backward, plus a plain PyTorch path.
 
-Owns `attention_triton` (the kernels behind one autograd.Function) and `attention_torch` (the
-reference path with the same semantics). Dispatch between them lives in kernels/__init__.py.
+Owns `attention_triton` (the kernels behind the custom ops nanocodec::flash_attention, its
+backward, and nanocodec::attention_decode), `attention_torch` (the reference path with the same
+semantics) and the per-arch autotune lists (CONFIGS). Dispatch between the two paths lives in
+kernels/__init__.py; `python -m kernels.compile_check` checks every config compiles clean.
 
 Shapes: q (B, Hq, Tq, D), k and v (B, Hkv, Tk, D) with Hkv dividing Hq (grouped-query attention:
 q head h reads kv head h // (Hq / Hkv); K and V are never repeated in memory) and Tq <= Tk.
@@ -16,12 +18,18 @@ accumulator by exp2(m_old - m_new) whenever the max grows. The base-2 log-sum-ex
 saved for the backward. Key blocks entirely below the causal diagonal run without any mask; only
 the blocks that straddle the diagonal or the sequence end apply one (a second loop stage).
 
+Decoding (split-K, flash-decoding): with few queries (Tq <= 16) over a long cache and no gradient
+wanted, the keys are cut into ranges and one program per (range, kv head, batch row) attends all
+GROUP * Tq query rows of its kv head to its range, writing a partial (o_s, lse_s) in fp32; a second
+kernel merges them exactly: o = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max_s lse_s.
+
 Backward, with p_ij = exp2(s_ij * log2(e) - lse2_i) recomputed from the saved LSE:
     delta_i = sum_d dO_id O_id                      (preprocess kernel)
     dV_j    = sum_i p_ij dO_i
     dS_ij   = p_ij (dO_i . v_j - delta_i)
     dK_j    = scale * sum_i dS_ij q_i               (one program per key block, loops over query
-                                                     blocks and over the q heads of its kv group)
+                                                     blocks and over the q heads of its kv group;
+                                                     one loop, masked throughout when causal)
     dQ_i    = scale * sum_j dS_ij k_j               (one program per query block, loops over keys)
 Every output element is written by exactly one program in a fixed order: no atomics, so the
 backward is deterministic.

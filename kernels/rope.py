@@ -77,9 +77,9 @@ TILE = 2048  # elements of one half-head tile a program rotates
 
 
 def token_blocks(half: int) -> list[int]:
-    """Every BLOCK_T `_launch` can pick for head dim 2 * half (the last one for long sequences)."""
+    """Every BLOCK_T `_launch` can pick for head dim 2 * half, largest (long sequences) first."""
     top = max(1, TILE // triton.next_power_of_2(half))
-    return [1 << i for i in range(top.bit_length())]
+    return [1 << i for i in reversed(range(top.bit_length()))]
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -108,3 +108,20 @@ def test_model_decode_through_split_k_matches_torch(monkeypatch):
         steps += [model.forward_cached(tokens[:, t : t + 1], cache)[:, -1] for t in range(37, 40)]
         logits[path] = torch.stack(steps)
     assert max_err(logits["triton"], logits["torch"]) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tq,hq,hkv,d", [(1, 32, 8, 64), (4, 32, 8, 128), (16, 12, 12, 64)])
+def test_bf16_split_k_on_a_12k_cache(tq, hq, hkv, d):
+    """The GPU configs (BLOCK_N 64, real split counts) against float64, FlashAttention's rule."""
+    g = torch.Generator(device="cuda").manual_seed(tq)
+    tk = 12289
+    q = torch.randn(1, hq, tq, d, device="cuda", generator=g).bfloat16()
+    k, v = (torch.randn(1, hkv, tk + 100, d, device="cuda", generator=g).bfloat16()[:, :, :tk]
+            for _ in range(2))
+    assert A.decode_splits(q, k) > 1
+    out = A.attention_decode(q, k, v, True, d ** -0.5, A.decode_splits(q, k))
+    truth = naive_attention(q, k, v, True, d ** -0.5, torch.float64)
+    low = naive_attention(q, k, v, True, d ** -0.5, torch.bfloat16)
+    assert max_err(out, truth) <= 2 * max_err(low, truth) + 1e-5
