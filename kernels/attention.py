@@ -48,6 +48,18 @@ HEAD_DIMS = (16, 32, 64, 128)
 
 
 @triton.jit
+def _softmax_update(acc, l_i, m_i, s, v, PRECISION: tl.constexpr):
+    # One online-softmax step: fold a key block's base-2 scores s (masked ones -inf) and its values
+    # v into the running max m_i, sum l_i and accumulator acc.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, lo, hi, Tk,
                causal_shift, qk_scale,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -70,12 +82,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, l
             if CAUSAL:
                 keep = keep & (offs_n[None, :] <= offs_m[:, None] + causal_shift)
             s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, s, v, PRECISION)
     return acc, l_i, m_i
 
 
@@ -332,12 +339,7 @@ def _attn_decode_split(Q, K, V, O_PART, LSE_PART,
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= last_key[:, None])
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, s, v, PRECISION)
 
     seen = l_i > 0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -384,17 +386,19 @@ def _attn_decode_combine(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_om,
 # and newer) and head dim (64 stands for 16..64). `python -m kernels.compile_check` compiles every
 # entry for sm_80 and sm_90 in bf16 and fp16, causal or not, and each one spills no register and
 # fits the chip's shared memory; tiles stay FlashAttention-sized (at least 64 x 32 elements).
-# At head dim 128 on sm_80 the dK/dV kernel holds K, V, dK and dV for its whole key block (192 of
-# 255 registers at 8 warps and 128 x 128), hence 64-key blocks there.
+# At head dim 128 the dK/dV kernel holds K, V, dK and dV for its whole key block (at 8 warps and
+# 128 keys, 192 of the 255 registers a thread may have): on sm_80, where both mma.sync operands
+# are registers, 128-key blocks spill and 64 x 64 spills 8 bytes without the causal mask (it is
+# clean with it), so its list keeps 32 x 64 and 16 x 128.
 CONFIGS: dict[tuple[str, int, int], list[tuple[int, int, int, int]]] = {
-    ("fwd", 80, 64): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
+    ("fwd", 80, 64): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
     ("fwd", 80, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 8, 2),
                        (64, 64, 4, 3)],
     ("fwd", 90, 64): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
     ("fwd", 90, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 8, 2),
                        (128, 32, 8, 3)],
-    ("bwd_dkdv", 80, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3)],
-    ("bwd_dkdv", 80, 128): [(64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2)],
+    ("bwd_dkdv", 80, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (32, 64, 4, 3)],
+    ("bwd_dkdv", 80, 128): [(32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2), (64, 64, 8, 1)],
     ("bwd_dkdv", 90, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3)],
     ("bwd_dkdv", 90, 128): [(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3)],
     ("bwd_dq", 80, 64): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],

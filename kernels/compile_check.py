@@ -5,8 +5,8 @@ either: each (kernel, config, dtype, head dim) that the dispatch in kernels/ can
 with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and the cubin's resource
 usage is read with the `cuobjdump` bundled in the triton wheel: registers per thread, stack frame
 bytes (where ptxas puts spilled registers; 0 means no spills), dynamic shared memory (Triton's
-allocation), and whether the matmuls lowered to tensor-core instructions (`mma.sync` on sm_80,
-`wgmma` on sm_90, read from the PTX).
+allocation), and which tensor-core instruction the matmuls lowered to (`mma.sync` on sm_80; on
+sm_90 `wgmma`, or `mma.sync` for tiles under the 64 rows a warpgroup MMA takes), read from the PTX.
 
 The launch lists themselves live with the kernels (`kernels.attention.compile_specs()`, and the
 same in rmsnorm.py and rope.py), so what is checked is what runs. Exit status is 1 when a (kernel,
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 # Opt-in shared memory per block: A100 163 KB, H100 227 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-TENSOR_CORE_OP = {80: "mma.sync", 90: "wgmma"}
+TENSOR_CORE_OPS = ("wgmma", "mma.sync")  # sm_90's warpgroup MMA (M >= 64), and the sm_80 one
 ARCHS = (80, 90)
 
 
@@ -61,7 +61,7 @@ class Result:
     registers: int = 0
     stack: int = 0
     shared: int = 0
-    tensor_cores: bool = False
+    tensor_cores: str = ""  # the tensor-core instruction in the PTX, "" for none
     error: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -104,7 +104,8 @@ def compile_one(launch: Launch, arch: int) -> Result:
     result.registers = int(fields.get("REG", 0))
     result.stack = int(fields.get("STACK", 0)) + int(fields.get("LOCAL", 0))
     result.shared = int(compiled.metadata.shared) + int(fields.get("SHARED", 0))
-    result.tensor_cores = TENSOR_CORE_OP[arch] in compiled.asm["ptx"]
+    ptx = compiled.asm["ptx"]
+    result.tensor_cores = next((op for op in TENSOR_CORE_OPS if op in ptx), "")
     return result
 
 
@@ -211,14 +212,16 @@ def rmsnorm_launches() -> list[Launch]:
         block = 128
         while block <= R.MAX_COLS:
             warps = R._num_warps(block)
+            bwd = R._rms_norm_bwd if block <= R.RESIDENT_MAX else R._rms_norm_bwd_wide
             for fn, pointers in ((R._rms_norm_fwd, dict(X=x, W=f, Y=x, RSTD=f)),
-                                 (R._rms_norm_bwd, dict(DY=x, X=x, W=f, RSTD=f, DX=x,
-                                                        DW_PARTIAL=f))):
-                consts = dict(BLOCK=block)
+                                 (bwd, dict(DY=x, X=x, W=f, RSTD=f, DX=x, DW_PARTIAL=f))):
+                consts = dict(CHUNK=R.WIDE_CHUNK) if fn is R._rms_norm_bwd_wide else dict(BLOCK=block)
+                w = R._num_warps(R.WIDE_CHUNK) if fn is R._rms_norm_bwd_wide else warps
                 sig, aligned = _signature(fn, pointers, ("eps",), consts)
-                out.append(Launch("kernels.rmsnorm", fn.__name__,
-                                  (fn.__name__.removeprefix("_"), dtype, block), f"w{warps}",
-                                  sig, consts, warps, 3, aligned, uses_dot=False))
+                label = "rms_norm_fwd" if fn is R._rms_norm_fwd else "rms_norm_bwd"
+                out.append(Launch("kernels.rmsnorm", fn.__name__, (label, dtype, block),
+                                  f"{fn.__name__.removeprefix('_')} w{w}", sig, consts, w, 3,
+                                  aligned, uses_dot=False))
             block *= 2
     return out
 
@@ -304,8 +307,7 @@ def _flash_sized(r: Result) -> bool:
 def _cell(r: Result) -> str:
     if r.error:
         return f"{r.launch.config}: ERROR {r.error}"
-    tc = "" if not r.launch.uses_dot else (" " + TENSOR_CORE_OP[r.arch] if r.tensor_cores
-                                            else " no-tensor-cores")
+    tc = "" if not r.launch.uses_dot else " " + (r.tensor_cores or "no-tensor-cores")
     spill = f" SPILL {r.stack} B" if r.stack else ""
     return f"{r.launch.config}: {r.registers} regs{spill} {r.shared // 1024} KB{tc}"
 
@@ -315,7 +317,7 @@ def print_table(results: list[Result]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: (r.launch.group, r.arch, r.launch.config)):
         name, dtype, size = r.launch.group
-        tc = "-" if not r.launch.uses_dot else (TENSOR_CORE_OP[r.arch] if r.tensor_cores else "NO")
+        tc = "-" if not r.launch.uses_dot else (r.tensor_cores or "NO")
         if r.error:
             print(f"| {name} | {dtype} | {size} | sm_{r.arch} | {r.launch.config} | ERROR "
                   f"{r.error} | | | |")
@@ -325,17 +327,17 @@ def print_table(results: list[Result]) -> None:
 
 
 def summary(results: list[Result]) -> None:
-    """The issue's table shape: per kernel and (head dim, arch), clean configs out of all."""
-    cols = sorted({(r.launch.group[1], r.launch.group[2], r.arch) for r in results})
-    names = sorted({r.launch.group[0] for r in results})
-    print("\n| kernel | " + " | ".join(f"{d} {s} sm_{a}" for d, s, a in cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for name in names:
+    """The issue's table shape: per kernel and size, clean configs out of all, per dtype and arch."""
+    cols = sorted({(r.launch.group[1], r.arch) for r in results})
+    rows = sorted({(r.launch.group[0], r.launch.group[2]) for r in results})
+    print("\n| kernel | size | " + " | ".join(f"{d} sm_{a}" for d, a in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for name, size in rows:
         cells = []
-        for d, s, a in cols:
-            rs = [r for r in results if r.launch.group == (name, d, s) and r.arch == a]
+        for dtype, arch in cols:
+            rs = [r for r in results if r.launch.group == (name, dtype, size) and r.arch == arch]
             cells.append(f"{sum(r.clean for r in rs)}/{len(rs)} clean" if rs else "")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {size} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
