@@ -139,12 +139,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--activation_checkpointing", action="store_true")
     parser.add_argument("--all", action="store_true", help="table of 1b/7b at 12K/32K in every mode")
     args = parser.parse_args([a.replace("--activation-checkpointing", "--activation_checkpointing") for a in argv])
+    if args.gpus < 1 or args.batch < 1 or args.context < 1:
+        raise SystemExit("nanocodec.bench memory: --gpus, --batch and --context must be positive")
     try:
         p = plan(args.preset, args.context, args.gpus, args.batch, args.fsdp, args.activation_checkpointing)
     except ValueError as e:
         raise SystemExit(f"nanocodec.bench memory: {e}")
-    if args.gpus < 1 or args.batch < 1 or args.context < 1:
-        raise SystemExit("nanocodec.bench memory: --gpus, --batch and --context must be positive")
     print(describe(p))
     if args.all:
         print()
