@@ -1,4 +1,6 @@
 """`python -m nanocodec.bench gpu`: the one command for a GPU machine lists its steps on any machine."""
+import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +35,16 @@ def test_markdown_report_shows_each_step():
         "tests": {"status": "failed (exit 1)", "seconds": 3, "output": "1 failed"}}}
     text = gpu.markdown(report)
     assert "## train: ok" in text and '"tokens_per_s": 5' in text and "1 failed" in text
+
+
+def test_probes_run_end_to_end_on_a_tiny_model(monkeypatch):
+    """The probes' logic (paths, cache sizes, env switches restored) on CPU, Triton interpreted."""
+    monkeypatch.setattr(importlib.import_module("kernels.attention"), "DECODE_MIN_SPLIT", 16)
+    monkeypatch.setenv("NANOCODEC_SPLIT_K", "1")
+    monkeypatch.delenv("NANOCODEC_KERNELS", raising=False)
+    train = gpu.train_probe(context=32, steps=1, warmup=1, preset="tiny", device="cpu")
+    assert train["triton"]["tokens_per_s"] > 0 and train["triton"]["final_loss"] == pytest.approx(
+        train["torch"]["final_loss"], abs=1e-3)
+    sample = gpu.sample_probe(contexts=(40,), new_tokens=2, preset="tiny", device="cpu")
+    assert set(sample["40"]) == {"split-K", "one-pass kernel", "torch (SDPA)", "split-K / one-pass"}
+    assert os.environ["NANOCODEC_SPLIT_K"] == "1" and "NANOCODEC_KERNELS" not in os.environ

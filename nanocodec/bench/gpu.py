@@ -41,10 +41,10 @@ class Step:
 
 
 STEPS = [
-    Step("tests", "pytest -m gpu tests/ (GPU-only kernel and model tests)", 120),
+    Step("tests", "pytest -m gpu tests/ (GPU-only kernel and model tests)", 150),
     Step("kernels", "python -m kernels.bench (attention vs SDPA, RMSNorm/RoPE vs device copy)", 180),
-    Step("train", "training probe: small @ 12288 ctx, 20 steps, triton kernels vs torch path", 120),
-    Step("sample", "sampling probe: small decode tok/s at 1K and 12K cache, split-K vs not", 60),
+    Step("train", "training probe: small @ 12288 ctx, 20 steps, triton kernels vs torch path", 100),
+    Step("sample", "sampling probe: small decode tok/s at 1K and 12K cache, split-K vs not", 50),
 ]
 
 
@@ -83,65 +83,81 @@ def _with_env(name: str, value: str):
             os.environ[name] = old
 
 
-def train_probe(context: int = 12288, steps: int = 20, warmup: int = 3) -> dict:
-    """tokens/s and MFU of `small` for our kernels and for the torch path, same weights and data."""
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+
+
+def train_probe(context: int = 12288, steps: int = 20, warmup: int = 3, preset: str = "small",
+                device: str = "cuda") -> dict:
+    """tokens/s and MFU of `preset` for our kernels and for the torch path, same weights and data."""
     from nanocodec.model import Llama, ModelConfig
 
-    config = ModelConfig.preset("small", max_seq_len=context)
-    peak = _peak_flops()
+    config = ModelConfig.preset(preset, max_seq_len=context)
+    peak = _peak_flops() if device == "cuda" else None
     rows = {}
     for path in ("triton", "torch"):
         with _with_env("NANOCODEC_KERNELS", path):
             torch.manual_seed(0)
-            model = Llama(config).cuda()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-            x = torch.randint(0, config.vocab_size, (1, context), device="cuda")
-            torch.cuda.reset_peak_memory_stats()
+            model = Llama(config).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+            x = torch.randint(0, config.vocab_size, (1, context), device=device)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             for i in range(warmup + steps):
                 if i == warmup:
-                    torch.cuda.synchronize()
+                    _sync(device)
                     start = time.perf_counter()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with _autocast(device):
                     _, loss = model(x, x)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            _sync(device)
             rate = steps * context / (time.perf_counter() - start)
             mfu = rate * model.flops_per_token(context) / peak if peak else None
+            peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
             rows[path] = {"tokens_per_s": round(rate), "mfu": None if mfu is None else round(mfu, 4),
-                          "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                          "peak_memory_gb": None if peak_gb is None else round(peak_gb, 2),
                           "final_loss": round(loss.item(), 4)}
             del model, opt
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     rows["ratio_triton_over_torch"] = round(rows["triton"]["tokens_per_s"] / rows["torch"]["tokens_per_s"], 3)
     return rows
 
 
-def sample_probe(contexts: tuple[int, ...] = (1024, 12288), new_tokens: int = 64) -> dict:
+def sample_probe(contexts: tuple[int, ...] = (1024, 12288), new_tokens: int = 64, preset: str = "small",
+                 device: str = "cuda") -> dict:
     """Decode tokens/s (one token per step, batch 1) after a prefill of `context` tokens."""
     from nanocodec.model import Llama, ModelConfig
 
+    warmup = 4  # decode steps before timing: autotuning, allocator
     torch.manual_seed(0)
-    model = Llama(ModelConfig.preset("small", max_seq_len=max(contexts) + new_tokens)).cuda().eval()
+    config = ModelConfig.preset(preset, max_seq_len=max(contexts) + warmup + new_tokens)
+    model = Llama(config).to(device).eval()
     paths = {"split-K": ("triton", "1"), "one-pass kernel": ("triton", "0"), "torch (SDPA)": ("torch", "1")}
     rows = {}
     for context in contexts:
-        prompt = torch.randint(0, model.config.vocab_size, (1, context), device="cuda")
+        prompt = torch.randint(0, config.vocab_size, (1, context), device=device)
         row = {}
         for label, (kernels_path, split_k) in paths.items():
             with _with_env("NANOCODEC_KERNELS", kernels_path), _with_env("NANOCODEC_SPLIT_K", split_k), \
-                    torch.autocast("cuda", dtype=torch.bfloat16):
-                cache = model.make_cache(1, context + new_tokens + 8)
+                    _autocast(device):
+                cache = model.make_cache(1, context + warmup + new_tokens)
                 model.forward_cached(prompt, cache)
                 token = prompt[:, -1:]
-                for _ in range(4):  # warm-up: autotuning, allocator
+                for _ in range(warmup):
                     model.forward_cached(token, cache)
-                torch.cuda.synchronize()
+                _sync(device)
                 start = time.perf_counter()
                 for _ in range(new_tokens):
                     model.forward_cached(token, cache)
-                torch.cuda.synchronize()
+                _sync(device)
                 row[label] = round(new_tokens / (time.perf_counter() - start), 1)
         row["split-K / one-pass"] = round(row["split-K"] / row["one-pass kernel"], 2)
         rows[str(context)] = row
