@@ -388,8 +388,8 @@ def _attn_decode_combine(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_om,
 # fits the chip's shared memory; tiles stay FlashAttention-sized (at least 64 x 32 elements).
 # At head dim 128 the dK/dV kernel holds K, V, dK and dV for its whole key block (at 8 warps and
 # 128 keys, 192 of the 255 registers a thread may have): on sm_80, where both mma.sync operands
-# are registers, 128-key blocks spill and 64 x 64 spills 8 bytes without the causal mask (it is
-# clean with it), so its list keeps 32 x 64 and 16 x 128.
+# are registers, 128-key blocks spill, and 64-key blocks of 64 or 128 queries fit only without
+# software pipelining (num_stages=1: no second stage of q/dO tiles in flight).
 CONFIGS: dict[tuple[str, int, int], list[tuple[int, int, int, int]]] = {
     ("fwd", 80, 64): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)],
     ("fwd", 80, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 128, 8, 2),
@@ -398,7 +398,8 @@ CONFIGS: dict[tuple[str, int, int], list[tuple[int, int, int, int]]] = {
     ("fwd", 90, 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 8, 2),
                        (128, 32, 8, 3)],
     ("bwd_dkdv", 80, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (32, 64, 4, 3)],
-    ("bwd_dkdv", 80, 128): [(32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2), (64, 64, 8, 1)],
+    ("bwd_dkdv", 80, 128): [(128, 64, 8, 1), (64, 64, 8, 1), (32, 64, 8, 2), (32, 64, 8, 3),
+                           (16, 128, 8, 2)],
     ("bwd_dkdv", 90, 64): [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3)],
     ("bwd_dkdv", 90, 128): [(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3)],
     ("bwd_dq", 80, 64): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)],
