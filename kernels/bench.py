@@ -3,7 +3,7 @@
 
 Owns the timing tables and nothing else: correctness lives in tests/test_kernels_*.py.
 On a CUDA GPU it prints, in bf16,
-  attention  TFLOP/s, forward and forward+backward, causal (FLOPs counted at half), seq 2K/8K/16K,
+  attention  TFLOP/s, forward and forward+backward, causal (FLOPs counted at half), seq 1K/4K/16K,
              head dim 64/128, against torch SDPA forced onto its flash backend;
   rmsnorm    GB/s against eager PyTorch, torch.compile of the same code, and a device-to-device copy
              of the same tensor (the bandwidth ceiling);
@@ -55,7 +55,7 @@ def bench_attention() -> None:
 
     rows = []
     for d in (64, 128):
-        for seq in (2048, 8192, 16384):
+        for seq in (1024, 4096, 16384):
             heads, batch = MODEL_DIM // d, TOKENS // seq
             q, k, v, do = (torch.randn(batch, heads, seq, d, device="cuda", dtype=torch.bfloat16,
                                        requires_grad=i < 3) for i in range(4))

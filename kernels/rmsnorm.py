@@ -13,7 +13,9 @@ Backward, with g = dy * w:
     dw = sum over rows of dy * xhat
 The backward kernel runs a fixed number of programs, each over a contiguous run of rows, keeping
 its share of dw in fp32 registers; the per-program partial sums are then added in one small torch
-reduction. No atomics, so dw is deterministic. Row offsets are int64: tensors past 2^31 elements
+reduction. No atomics, so dw is deterministic. Rows wider than 8192 would not fit x, dy, w and
+dw in registers together: their backward reads each row in chunks, twice, and accumulates its dw
+partial in memory (a row of the same partial buffer that no other program touches). Row offsets are int64: tensors past 2^31 elements
 are fine.
 """
 import os
@@ -59,6 +61,47 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, stride_dy, stride_x, stride_dx
     tl.store(DW_PARTIAL + pid.to(tl.int64) * N + cols, dw, mask=mask)
 
 
+RESIDENT_MAX = 8192  # widest row the one-pass backward takes; wider ones go to _rms_norm_bwd_wide
+WIDE_CHUNK = 4096
+
+
+@triton.jit
+def _rms_norm_bwd_wide(DY, X, W, RSTD, DX, DW_PARTIAL, stride_dy, stride_x, stride_dx, M, N,
+                       rows_per_program, CHUNK: tl.constexpr):
+    # Rows too wide for x, dy, w and dw to share the registers: each row is read in chunks, twice
+    # (the second time from L1/L2), and this program's dw partial (zeroed by the host, written by
+    # no other program) is accumulated in global memory, chunk by chunk.
+    pid = tl.program_id(0)
+    dw_base = DW_PARTIAL + pid.to(tl.int64) * N
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for row in range(row_start, row_end):
+        rstd = tl.load(RSTD + row)
+        dot = tl.zeros([CHUNK], dtype=tl.float32)
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            x, dy, w = _row_chunk(X + row * stride_x, DY + row * stride_dy, W, cols, N)
+            dot += dy * w * x
+        c = tl.sum(dot, 0) * rstd * rstd / N  # mean(g * xhat) * rstd
+        for start in range(0, N, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            x, dy, w = _row_chunk(X + row * stride_x, DY + row * stride_dy, W, cols, N)
+            xhat = x * rstd
+            tl.store(DX + row * stride_dx + cols, (rstd * (dy * w) - xhat * c).to(DX.dtype.element_ty),
+                     mask=cols < N)
+            dw = tl.load(dw_base + cols, mask=cols < N, other=0.0)
+            tl.store(dw_base + cols, dw + dy * xhat, mask=cols < N)
+
+
+@triton.jit
+def _row_chunk(X_ROW, DY_ROW, W, cols, N):
+    mask = cols < N
+    x = tl.load(X_ROW + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY_ROW + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    return x, dy, w
+
+
 def _num_warps(block: int) -> int:
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
@@ -74,37 +117,66 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-class RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x2 = _as_rows(x)
-        w = weight.contiguous()
-        m, n = x2.shape
-        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-        rstd = torch.empty(m, device=x.device, dtype=torch.float32)
-        block = triton.next_power_of_2(n)
-        if m:
-            _rms_norm_fwd[(m,)](x2, w, y, rstd, x2.stride(0), y.stride(0), n, eps, BLOCK=block,
-                                num_warps=_num_warps(block))
-        ctx.save_for_backward(x2, w, rstd)
-        ctx.x_shape, ctx.weight_dtype = x.shape, weight.dtype
-        return y.view(x.shape)
+# Custom ops, so autograd and torch.compile see one opaque node per call (see attention.py).
+@torch.library.custom_op("nanocodec::rms_norm", mutates_args=())
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd): the normalised rows and the fp32 1/rms per row the backward reuses."""
+    x2 = _as_rows(x)
+    m, n = x2.shape
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    rstd = torch.empty(m, device=x.device, dtype=torch.float32)
+    block = triton.next_power_of_2(n)
+    if m:
+        _rms_norm_fwd[(m,)](x2, weight.contiguous(), y, rstd, x2.stride(0), y.stride(0), n, eps,
+                            BLOCK=block, num_warps=_num_warps(block))
+    return y.view(x.shape), rstd
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, w, rstd = ctx.saved_tensors
-        dy2 = _as_rows(dy)
-        m, n = x2.shape
-        dx = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
-        programs = _num_programs(x2, m)
-        partial = torch.empty((programs, n), device=x2.device, dtype=torch.float32)
-        block = triton.next_power_of_2(n)
-        if m:
-            _rms_norm_bwd[(programs,)](dy2, x2, w, rstd, dx, partial, dy2.stride(0), x2.stride(0),
-                                       dx.stride(0), m, n, triton.cdiv(m, programs), BLOCK=block,
-                                       num_warps=_num_warps(block))
-        dw = partial.sum(0).to(ctx.weight_dtype)
-        return dx.view(ctx.x_shape), dw, None
+
+@rms_norm_op.register_fake
+def _(x, weight, eps):
+    rows = x.numel() // x.shape[-1]
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype), x.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("nanocodec::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, dy2 = _as_rows(x), _as_rows(dy)
+    m, n = x2.shape
+    dx = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    programs = _num_programs(x2, m)
+    block = triton.next_power_of_2(n)
+    wide = block > RESIDENT_MAX
+    # The wide kernel adds into its partial row in memory, so that row starts at zero.
+    partial = (torch.zeros if wide else torch.empty)((programs, n), device=x.device,
+                                                     dtype=torch.float32)
+    if m:
+        args = (dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0), x2.stride(0),
+                dx.stride(0), m, n, triton.cdiv(m, programs))
+        if wide:
+            _rms_norm_bwd_wide[(programs,)](*args, CHUNK=WIDE_CHUNK,
+                                            num_warps=_num_warps(WIDE_CHUNK))
+        else:
+            _rms_norm_bwd[(programs,)](*args, BLOCK=block, num_warps=_num_warps(block))
+    return dx.view(x.shape), partial.sum(0).to(weight.dtype)
+
+
+@rms_norm_backward_op.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype), torch.empty_like(weight)
+
+
+def _rms_norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_backward(ctx, dy: torch.Tensor, _drstd: torch.Tensor):
+    dx, dw = rms_norm_backward_op(dy, *ctx.saved_tensors)
+    return dx, dw, None
+
+
+rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup_context)
 
 
 def check_rms_norm_inputs(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -128,7 +200,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
                          f"{x.shape[-1]} (NANOCODEC_KERNELS=torch runs any length)")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"rms_norm: unsupported dtype {x.dtype} (float32, float16, bfloat16)")
-    return RMSNorm.apply(x, weight, float(eps))
+    return rms_norm_op(x, weight, float(eps))[0]
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

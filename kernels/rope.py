@@ -73,6 +73,15 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, POS,
                      stride_kt, stride_kot, offs_t, offs_d, mask, c1, c2, sa, sb, HALF)
 
 
+TILE = 2048  # elements of one half-head tile a program rotates
+
+
+def token_blocks(half: int) -> list[int]:
+    """Every BLOCK_T `_launch` can pick for head dim 2 * half, largest (long sequences) first."""
+    top = max(1, TILE // triton.next_power_of_2(half))
+    return [1 << i for i in reversed(range(top.bit_length()))]
+
+
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             positions: torch.Tensor | None, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, cos, sin = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, cos, sin))
@@ -83,7 +92,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     if qo.numel() + ko.numel() == 0:
         return qo, ko
     block_half = triton.next_power_of_2(d // 2)
-    block_t = min(max(1, 2048 // block_half), triton.next_power_of_2(t))
+    block_t = min(max(1, TILE // block_half), triton.next_power_of_2(t))
     grid = (triton.cdiv(t, block_t), hq + hkv, b)
     _rope_kernel[grid](q, k, qo, ko, cos, sin, cos if positions is None else positions,
                        *q.stride()[:3], *k.stride()[:3], *qo.stride()[:3], *ko.stride()[:3],
@@ -93,18 +102,31 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return qo, ko
 
 
-class RoPE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor | None):
-        ctx.save_for_backward(cos, sin, positions)
-        return _launch(q, k, cos, sin, positions, backward=False)
+# A custom op, so autograd and torch.compile see one opaque node per call (see attention.py).
+@torch.library.custom_op("nanocodec::rope", mutates_args=())
+def rope_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            positions: torch.Tensor | None, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k rotated (backward=False) or rotated back (backward=True, the gradient)."""
+    return _launch(q, k, cos, sin, positions, backward)
 
-    @staticmethod
-    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor):
-        cos, sin, positions = ctx.saved_tensors
-        dq, dk = _launch(dq, dk, cos, sin, positions, backward=True)
-        return dq, dk, None, None, None
+
+@rope_op.register_fake
+def _(q, k, cos, sin, positions, backward):
+    return torch.empty(q.shape, device=q.device, dtype=q.dtype), torch.empty(k.shape, device=k.device, dtype=k.dtype)
+
+
+def _rope_setup_context(ctx, inputs, output) -> None:
+    _, _, cos, sin, positions, _ = inputs
+    ctx.save_for_backward(cos, sin, positions)
+
+
+def _rope_backward(ctx, dq: torch.Tensor, dk: torch.Tensor):
+    cos, sin, positions = ctx.saved_tensors
+    dq, dk = rope_op(dq, dk, cos, sin, positions, True)
+    return dq, dk, None, None, None, None
+
+
+rope_op.register_autograd(_rope_backward, setup_context=_rope_setup_context)
 
 
 def check_rope_inputs(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -146,7 +168,7 @@ def apply_rope_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: 
                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q and k through the Triton kernel; differentiable in q and k."""
     positions = check_rope_inputs(q, k, cos, sin, positions)
-    return RoPE.apply(q, k, cos.detach(), sin.detach(), positions)
+    return rope_op(q, k, cos.detach(), sin.detach(), positions, False)
 
 
 def apply_rope_torch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

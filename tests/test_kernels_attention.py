@@ -111,6 +111,7 @@ def test_triton_strided_inputs_and_custom_scale(poison, triton_forced):
 @pytest.mark.parametrize("blocks", [
     {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)},
     {"fwd": (64, 32), "dkdv": (32, 64), "dq": (64, 32)},
+    {"fwd": (16, 64), "dkdv": (64, 16), "dq": (16, 64)},  # more queries than keys per dK/dV step
 ])
 def test_triton_other_block_shapes(blocks, poison, triton_forced, monkeypatch):
     """The diagonal and tail logic must not depend on the block shape the autotuner picks."""

@@ -43,7 +43,7 @@ def randn(shape, dtype, seed):
     return torch.randn(shape, generator=g, device=DEVICE).to(dtype)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (17, 100), (3, 5, 257), (2, 64), (2, 16384)])
+@pytest.mark.parametrize("shape", [(1, 1), (17, 100), (3, 5, 257), (2, 64), (2, 16384), (5, 9000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_matches_float64(shape, dtype, poison, monkeypatch):
     monkeypatch.setenv("NANOCODEC_KERNELS", "triton")
