@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanocodec import checkpoint
-from nanocodec.bpe import BpeError, Tokenizer
+from nanocodec.bpe import BpeError
 from nanocodec.config import ConfigError, parse, resolve_device, set_threads, usable_cores
 from nanocodec.data import DataError, TokenStream, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
@@ -79,6 +79,7 @@ class TrainConfig:
     ckpt_every: int = 200  # checkpoint every N steps (and at the end)
     out_dir: str = "out/demo"  # checkpoint, log.jsonl, loss.png, samples.png
     resume: bool = False  # continue from the checkpoint in out_dir with its settings, updated by these overrides
+    init_from: str = ""  # fine-tune: a new run from the weights and model settings of this checkpoint (e.g. a nanocodec.hf import); fresh optimizer, step 0
     overwrite: bool = False  # start over in an out_dir that holds a run: first remove its checkpoint, log and pictures
     samples: int = 4  # JPEG: val images completed 3 times from their first half into out_dir/samples.png; 0: none
     decode_samples: int = 16  # unconditional samples whose decode rate the last line reports; 0: none
@@ -95,6 +96,7 @@ class TrainConfig:
 # steps, where more is better: at 150 steps 3e-4 / 1e-3 / 2e-3 reach 6.66 / 6.54 / 6.50 val bits
 # per byte, and 2e-3 spikes once; 1e-3 is the safe side of that.
 LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "1b": 3e-4, "7b": 3e-4}
+FINE_TUNE_LR = 3e-5  # --init_from's default: a tenth of the paper's peak rate, for weights already trained
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta")
 JPEG_CONTEXT = 1024  # the default context for image data: a 64 px demo JPEG is ~420 tokens
 CONTEXT_STEP, MAX_AUTO_CONTEXT = 256, 32768  # AVC: the longest video rounded up, at most the paper's 32K
@@ -134,6 +136,11 @@ def load_config(argv: list[str]) -> TrainConfig:
         cfg.resume, cfg.overwrite = True, False
     else:
         refuse_earlier_run(Path(cfg.out_dir), cfg.overwrite)
+    if cfg.init_from and not cfg.resume:
+        given = option_names(argv) & {"preset", *MODEL_FIELDS}
+        if given:
+            raise ConfigError(f"--init_from={cfg.init_from} brings its own model settings; drop --{', --'.join(sorted(given))}")
+        checkpoint.load_config(cfg.init_from)  # a missing or broken checkpoint fails before any data work
     if cfg.max_steps <= 0 and cfg.max_minutes <= 0:
         raise ConfigError("set --max_steps or --max_minutes (both are 0: the run would never end)")
     for key in ("batch_size", "grad_accum", "eval_every", "ckpt_every"):
@@ -144,7 +151,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     # Fail on bad model settings before any data work (the context is settled once the data is known).
     model_config(dataclasses.replace(cfg, context=cfg.context or JPEG_CONTEXT), ModelConfig.vocab_size)
     if cfg.lr is None:
-        cfg.lr = LEARNING_RATES[cfg.preset]
+        cfg.lr = FINE_TUNE_LR if cfg.init_from else LEARNING_RATES[cfg.preset]
     if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {cfg.lr} and {cfg.min_lr_ratio}")
     return cfg
@@ -184,6 +191,21 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         return ModelConfig.preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.context, **overrides)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def start_model_config(cfg: TrainConfig, tokenizer, data_dir: Path) -> ModelConfig:
+    """The model settings a run starts with: the preset and overrides, or, for --init_from (and the
+    resume of such a run), the checkpoint's own, whose tokenizer must be the data's."""
+    if not cfg.init_from:
+        return model_config(cfg, tokenizer.vocab_size)
+    source = Path(cfg.out_dir if cfg.resume else cfg.init_from)
+    if not cfg.resume:
+        theirs = checkpoint.load_tokenizer(source / checkpoint.TOKENIZER)
+        if theirs.sha256 != tokenizer.sha256:
+            raise ConfigError(f"--init_from={source}: its tokenizer is not the one --data={data_dir} was prepared with; "
+                              f"prepare the data with --tokenizer={source / checkpoint.TOKENIZER}")
+    mc = ModelConfig(**checkpoint.load_config(source)["model"])
+    return dataclasses.replace(mc, max_seq_len=max(mc.max_seq_len, cfg.context))  # RoPE tables only
 
 
 def limit_reached(cfg: TrainConfig, step: int, minutes: float) -> str:
@@ -332,6 +354,13 @@ def state_dicts(model: Llama, optimizer) -> tuple[dict, dict]:
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_model_weights(model: Llama, weights: dict, cfg: TrainConfig) -> None:
+    """Full weights into the model alone (fine-tuning); under FSDP rank 0 holds them and broadcasts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=cfg.fsdp))
 
 
 def load_state_dicts(model: Llama, optimizer, weights: dict, optim_state: dict, cfg: TrainConfig) -> None:
@@ -605,15 +634,18 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
         cfg.context, context_note = default_context(data_dir)
     if cfg.tokens_per_step:
         cfg.grad_accum = max(1, round(cfg.tokens_per_step / (cfg.batch_size * cfg.context * rt.world)))
-    try:
-        vocab_size = Tokenizer.load(data_dir / "tokenizer.json").vocab_size
-    except FileNotFoundError:
-        raise DataError(f"--data={data_dir}: no tokenizer.json; prepare the folder again") from None
+    if not (data_dir / "tokenizer.json").is_file():
+        raise DataError(f"--data={data_dir}: no tokenizer.json; prepare the folder again")
+    tokenizer = checkpoint.load_tokenizer(data_dir / "tokenizer.json")
+    vocab_size = tokenizer.vocab_size
     has_val = has_val_split(data_dir, warn=rt.main)
-    mc = model_config(cfg, vocab_size)
+    mc = start_model_config(cfg, tokenizer, data_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(mc, cfg, rt)
     optimizer = make_optimizer(model, cfg, rt)
+    if cfg.init_from and not cfg.resume:
+        _, weights, _ = checkpoint.load_training(cfg.init_from, weights=rt.main or not cfg.fsdp)
+        load_model_weights(model, weights, cfg)
     stream = TokenStream(data_dir, "train", cfg.context, cfg.batch_size, rank=rt.rank, world_size=rt.world, seed=cfg.seed)
 
     step, minutes_before = 0, 0.0
@@ -663,7 +695,7 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     if rt.main:
-        print(f"model {cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; context {cfg.context} "
+        print(f"model {cfg.init_from or cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; context {cfg.context} "
               f"({context_note}); {tokens_per_step} tokens per step on {rt.world} x {rt.device}"
               f"{f', {rt.threads} threads' if rt.device.type == 'cpu' else ''}", flush=True)
 

@@ -128,10 +128,7 @@ def run_entry(name: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-# train.py (issue 12 part A) still prints its own help without meanings, and TrainConfig lacks a
-# comment on some fields; drop this mark once it is merged.
-TRAIN_HELP_PENDING = pytest.mark.xfail(reason="train.py's help and TrainConfig comments: issue 12 part A", strict=False)
-NAMES = [pytest.param("train.py", marks=TRAIN_HELP_PENDING), "sample.py", "nanocodec.eval"]
+NAMES = ["train.py", "sample.py", "nanocodec.eval"]
 
 
 @pytest.mark.parametrize("name", NAMES)

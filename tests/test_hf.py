@@ -351,3 +351,39 @@ def test_vllm_serves_the_export_with_valid_jpegs(trained, tmp_path):
     proc = JpegLogitsProcessor.from_pretrained(tmp_path / "hf")
     for o in outputs:
         assert huffman.validate(proc.decode(o.outputs[0].token_ids)).ok
+
+
+def test_train_fine_tunes_an_imported_release_from_its_weights(streams, tmp_path):
+    """`train.py --init_from` starts from the imported weights (its first val loss is theirs), keeps
+    their model settings, and refuses data prepared with another tokenizer."""
+    from nanocodec import demo
+    from nanocodec.prepare import prepare
+
+    folder, _ = release_folder(tmp_path / "hf", streams)
+    import_checkpoint(folder, tmp_path / "ckpt", codec={"size": SIZE})
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(demo.render_images(demo.image_crops(12, seed=5), 48)):
+        im.save(tmp_path / "images" / f"{i}.png")
+    prepare("jpeg", str(tmp_path / "images"), tmp_path / "data", size=SIZE,
+            tokenizer=str(tmp_path / "ckpt" / "tokenizer.json"), val_fraction=0.5, workers=1)
+    train = load_module("train", ROOT / "train.py")
+    common = [f"--data={tmp_path / 'data'}", "--context=64", "--batch_size=2", "--max_minutes=0",
+              "--eval_every=1000", "--samples=0", "--decode_samples=0", "--warmup_steps=1"]
+    model = train.main([f"--init_from={tmp_path / 'ckpt'}", f"--out_dir={tmp_path / 'tuned'}", "--max_steps=1",
+                        "--lr=1e-9", *common])
+    imported = checkpoint.load_for_inference(tmp_path / "ckpt").model.state_dict()
+    tuned = model.state_dict()
+    assert imported.keys() == tuned.keys()
+    assert max(float((tuned[k].float() - imported[k].float()).abs().max()) for k in imported) < 1e-5
+    saved = checkpoint.load_config(tmp_path / "tuned")
+    assert {k: saved["model"][k] for k in ("dim", "n_layers", "n_kv_heads", "vocab_size")} == \
+        {k: checkpoint.load_config(tmp_path / "ckpt")["model"][k] for k in ("dim", "n_layers", "n_kv_heads", "vocab_size")}
+    train.main(["--resume", f"--out_dir={tmp_path / 'tuned'}", "--max_steps=2"])  # its resume keeps those settings
+    assert checkpoint.load_config(tmp_path / "tuned")["step"] == 2
+
+    prepare("jpeg", str(tmp_path / "images"), tmp_path / "other", size=SIZE, merges=20, val_fraction=0.5, workers=1)
+    with pytest.raises(train.ConfigError, match="--tokenizer="):
+        train.main([f"--init_from={tmp_path / 'ckpt'}", f"--out_dir={tmp_path / 'other-run'}", "--max_steps=1",
+                    *common, f"--data={tmp_path / 'other'}"])
+    with pytest.raises(train.ConfigError, match="drop --dim"):
+        train.main([f"--init_from={tmp_path / 'ckpt'}", f"--out_dir={tmp_path / 'x'}", "--dim=64", *common])
