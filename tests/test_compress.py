@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -102,13 +102,14 @@ def trained(tmp_path_factory):
 
 
 @given(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=2, max_size=600), st.integers(8, 24))
+@example([-2.220446049250313e-16, 0.0], 8)  # a near-tie: both tokens get the top frequency
 def test_quantize_gives_every_token_a_frequency_and_sums_exactly(values, precision):
     logits = torch.tensor(values, dtype=torch.float32)
     if len(values) >= 1 << precision:
         return
     freq = quantize(logits, precision)
     assert freq.dtype == np.int64 and freq.min() >= 1 and freq.sum() == 1 << precision
-    assert freq.argmax() == int(torch.softmax(logits.double(), -1).argmax())
+    assert freq[int(torch.softmax(logits.double(), -1).argmax())] == freq.max()  # ties may share the top
 
 
 def test_quantize_follows_the_distribution():
