@@ -69,7 +69,7 @@ class EvalConfig:
     top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
     max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
     seed: int = 0  # seed of the sampling generators
-    surprise: int = 0  # JPEG: EVAL_DIR/surprise.png, the first N val images beside the bits per MCU the model spends (nanocodec.surprise)
+    surprise: int = 0  # JPEG: EVAL_DIR/surprise.png, the first N val images beside the bits per MCU the model spends (nanocodec.surprise); a bare --surprise: 4
 
 
 class EvalError(ValueError):
@@ -287,11 +287,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SURPRISE_IMAGES = 4  # what a bare --surprise draws
+
+
 def split_argv(argv: list[str]) -> list[str]:
-    """`CHECKPOINT --opt ...` -> `--ckpt CHECKPOINT --opt ...` (`-h` stays a request for help)."""
+    """`CHECKPOINT --opt ...` -> `--ckpt CHECKPOINT --opt ...` (`-h` stays a request for help), and a
+    bare `--surprise` -> `--surprise=SURPRISE_IMAGES`."""
     if argv and not argv[0].startswith("-"):
-        return ["--ckpt", argv[0], *argv[1:]]
-    return argv
+        argv = ["--ckpt", argv[0], *argv[1:]]
+    return [f"--surprise={SURPRISE_IMAGES}" if a == "--surprise" and (i + 1 == len(argv) or argv[i + 1].startswith("-")) else a
+            for i, a in enumerate(argv)]
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -315,13 +320,17 @@ def run(cfg: EvalConfig) -> dict:
         inception = load_inception(cfg.inception_weights, device)
     bundle = load_for_inference(cfg.ckpt, device=device)
     kind = bundle.config.get("kind") or bundle.manifest.get("kind")
-    path = Path(cfg.data or bundle.config["data"]["path"])
-    manifest = data.manifest(path)
-    if manifest.get("tokenizer_sha256") != bundle.tokenizer.sha256:
+    # Val images are read only by bits per byte, prompted decode rates, FID and surprise maps; an
+    # unconditional decode rate needs no data folder (an imported release has none).
+    needs_data = bool("bpb" in metrics or ("decode" in metrics and cfg.decode_ratio > 0)
+                      or ("fid" in metrics and inception is not None) or cfg.surprise)
+    path = Path(cfg.data or bundle.config["data"]["path"]) if needs_data or cfg.data else None
+    manifest = data.manifest(path) if path is not None else bundle.manifest
+    if path is not None and manifest.get("tokenizer_sha256") != bundle.tokenizer.sha256:
         raise EvalError(f"--data {path}: tokenized with another tokenizer than checkpoint {cfg.ckpt} (tokenizer_sha256 differs)")
     codec = manifest.get("codec", {})
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens or None)
-    report = {"checkpoint": str(cfg.ckpt), "step": bundle.config.get("step"), "data": str(path), "kind": kind,
+    report = {"checkpoint": str(cfg.ckpt), "step": bundle.config.get("step"), "data": str(path) if path else None, "kind": kind,
               "codec": codec, "sampling": sampling, "config": asdict(cfg)}
     began = time.time()
     if "bpb" in metrics:

@@ -313,6 +313,8 @@ def test_compress_surprise_and_eval_surprise_write_pictures(trained, tmp_path):
     assert png.width > 2 * png.height  # the image beside its heat map and scale
     report = evaluation.main([str(root / "ckpt"), "--metrics=", "--surprise=2", f"--out={tmp_path / 'eval'}"])
     assert report["surprise"]["images"] == 2 and report["surprise"]["mean_bits_per_mcu"] > 0
+    assert evaluation.split_argv(["ck", "--surprise", "--metrics="]) == ["--ckpt", "ck", "--surprise=4", "--metrics="]
+    assert evaluation.split_argv(["ck", "--metrics=", "--surprise"])[-1] == "--surprise=4"
     column = Image.open(tmp_path / "eval" / "surprise.png")
     assert column.height >= 2 * 256
 

@@ -178,6 +178,8 @@ def test_imported_release_exports_back_to_a_folder_transformers_loads(streams, t
     ids = SentencePieceTokenizer.from_file(folder / "tokenizer.model").encode(streams[5], bos=True)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     assert_close_logits(hf_logits(again, ids), hf_logits(model, ids))
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "out")  # reading tokenizer.model needs protobuf (the hf extra)
+    assert hf_tok(to_text(streams[5]))["input_ids"] == ids
 
 
 def test_import_refuses_what_it_cannot_convert(streams, tmp_path):
@@ -240,6 +242,10 @@ def test_eval_runs_on_the_imported_model_with_data_tokenized_by_its_tokenizer(st
     bpb = report["bits_per_byte"]
     assert bpb["whole_split"] and 0 < bpb["bits_per_byte"] < 64
     assert sum(r["bytes"] for r in bpb["regions"].values()) == bpb["bytes"] == manifest["splits"]["val"]["codec_bytes"]
+    # An unconditional decode rate reads no data folder: the imported checkpoint's source folder is none.
+    report = evaluate.run(evaluate.EvalConfig(ckpt=str(tmp_path / "ckpt"), metrics="decode", decode_samples=2,
+                                              max_new_tokens=40, decode_constrained=False))
+    assert report["data"] is None and report["decode_rate"]
 
 
 def load_module(name: str, path: Path):
