@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from nanocodec import jpeg
-from nanocodec.config import ConfigError, parse, resolve_device, set_threads
+from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
 from nanocodec.prepare import VIDEO_EXTENSIONS
 
 
@@ -314,6 +314,7 @@ def cli(argv: list[str]) -> None:
     """main() with every user mistake turned into one line on stderr and exit status 1."""
     from nanocodec.checkpoint import CheckpointError
 
+    one_line_warnings("sample.py")
     try:
         main(argv)
     except (ConfigError, SampleError, CheckpointError, jpeg.ImageError) as e:

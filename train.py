@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError
-from nanocodec.config import ConfigError, parse, resolve_device, set_threads, usable_cores
+from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads, usable_cores
 from nanocodec.data import DataError, TokenStream, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
 
@@ -141,7 +141,10 @@ def load_config(argv: list[str]) -> TrainConfig:
         if given:
             raise ConfigError(f"--init_from={cfg.init_from} brings its own model settings; drop --{', --'.join(sorted(given))}")
         checkpoint.load_config(cfg.init_from)  # a missing or broken checkpoint fails before any data work
-    if cfg.max_steps <= 0 and cfg.max_minutes <= 0:
+    for key in ("max_steps", "max_minutes", "warmup_steps", "lr_decay_steps", "tokens_per_step", "samples", "decode_samples"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"--{key} must be >= 0 (0: {'no limit' if key.startswith('max') else 'off or automatic'}), got {getattr(cfg, key)}")
+    if cfg.max_steps == 0 and cfg.max_minutes == 0:
         raise ConfigError("set --max_steps or --max_minutes (both are 0: the run would never end)")
     for key in ("batch_size", "grad_accum", "eval_every", "ckpt_every"):
         if getattr(cfg, key) <= 0:
@@ -152,8 +155,8 @@ def load_config(argv: list[str]) -> TrainConfig:
     model_config(dataclasses.replace(cfg, context=cfg.context or JPEG_CONTEXT), ModelConfig.vocab_size)
     if cfg.lr is None:
         cfg.lr = FINE_TUNE_LR if cfg.init_from else LEARNING_RATES[cfg.preset]
-    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
-        raise ConfigError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {cfg.lr} and {cfg.min_lr_ratio}")
+    if not 0 < cfg.lr <= 1 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"--lr must be in (0, 1] and --min_lr_ratio in [0, 1], got {cfg.lr} and {cfg.min_lr_ratio}")
     return cfg
 
 
@@ -600,10 +603,11 @@ def finished_at(log_path: Path, step: int) -> bool:
     return bool(records) and records[-1].get("final", False) and records[-1]["step"] == step
 
 
-def weights_finite(model: Llama, rt: Runtime) -> bool:
-    """Whether every parameter is finite, on every process (each checks its own shards)."""
+def weights_sound(model: Llama, rt: Runtime) -> bool:
+    """Whether every parameter is finite and within checkpoint.WEIGHT_LIMIT, on every process (each
+    checks its own shards)."""
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    bad = sum(int(not bool(torch.isfinite(t).all())) for t in local)
+    bad = sum(int(checkpoint.weights_broken(t.detach())) for t in local)
     return all_sum([float(bad)], rt)[0] == 0
 
 
@@ -758,9 +762,10 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if not weights_finite(model, rt):
+            if not weights_sound(model, rt):
                 where = f"the last good checkpoint, step {saved_step}, is in {out}" if saved_step >= 0 else "no checkpoint was saved"
-                raise TrainingDiverged(f"step {step}: the optimizer step made weights NaN or inf; stopping without saving; {where}")
+                raise TrainingDiverged(f"step {step}: the optimizer step made weights NaN, inf or larger than {checkpoint.WEIGHT_LIMIT:g}; "
+                                       f"stopping without saving; {where}")
             dt = time.perf_counter() - t0
             tok_s = tokens_per_step / dt if tok_s == 0 else 0.9 * tok_s + 0.1 * tokens_per_step / dt
             record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
@@ -802,7 +807,7 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
 
 
 if __name__ == "__main__":
-    warnings.formatwarning = lambda message, *args, **kwargs: f"train.py: warning: {message}\n"
+    one_line_warnings("train.py")
     try:
         main(sys.argv[1:])
     except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:

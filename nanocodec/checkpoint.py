@@ -80,8 +80,18 @@ def sha256(path: Path) -> str:
     return _sha256_of(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
+# No trained Llama weight comes near this; a diverging run passes it long before it reaches inf, so
+# a checkpoint over it is refused on save and on load like a non-finite one.
+WEIGHT_LIMIT = 1e6
+
+
+def weights_broken(t: torch.Tensor) -> bool:
+    """Whether a floating-point tensor holds a NaN, an inf or a value beyond WEIGHT_LIMIT."""
+    return t.is_floating_point() and t.numel() > 0 and not bool(t.abs().max() <= WEIGHT_LIMIT)
+
+
 def _non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [k for k, v in weights.items() if weights_broken(v)]
 
 
 def save(
@@ -123,7 +133,7 @@ def save_files(
     out = Path(out_dir)
     bad = _non_finite(weights) if not callable(weights) else []
     if bad:
-        raise CheckpointError(f"{out}: not saving step {step}: non-finite weights in {', '.join(bad[:3])}"
+        raise CheckpointError(f"{out}: not saving step {step}: non-finite or exploded (|w| > {WEIGHT_LIMIT:g}) weights in {', '.join(bad[:3])}"
                               f"{' and more' if len(bad) > 3 else ''}")
     manifest = json.loads(manifest_text)
     config = {
@@ -243,9 +253,14 @@ def _model_config(ckpt: Path, config: dict) -> ModelConfig:
 
 def _load_weights(ckpt: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
     try:
-        return load_file(ckpt / WEIGHTS, device=str(device))
+        weights = load_file(ckpt / WEIGHTS, device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{ckpt / WEIGHTS}: not a readable safetensors file ({e})") from None
+    bad = _non_finite(weights)
+    if bad:  # checksums hold for a file saved broken (an old or imported one): refuse it all the same
+        raise CheckpointError(f"{ckpt / WEIGHTS}: non-finite or exploded (|w| > {WEIGHT_LIMIT:g}) weights in "
+                              f"{', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}; use an earlier checkpoint")
+    return weights
 
 
 def _load_state(ckpt: Path, step: int) -> dict:

@@ -204,3 +204,10 @@ def resolve_device(name: str) -> "torch.device":  # noqa: F821
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"--device={name}: unsupported device type; use auto, cpu or cuda")
     return device
+
+
+def one_line_warnings(prog: str) -> None:
+    """Show warnings as `prog: warning: message`, one line each, as the entry points' errors are."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nanocodec import data, jpeg
-from nanocodec.config import ConfigError, parse, resolve_device, set_threads
+from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
 from nanocodec.sampling import complete, jpeg_header
 
 REGIONS = ("headers", "entropy", "restart")
@@ -395,6 +395,7 @@ def cli(argv: list[str]) -> None:
     from nanocodec.checkpoint import CheckpointError
     from nanocodec.inception import InceptionWeightsError
 
+    one_line_warnings("python -m nanocodec.eval")
     try:
         main(argv)
     except (ConfigError, EvalError, CheckpointError, InceptionWeightsError, data.DataError) as e:

@@ -255,9 +255,30 @@ def test_non_finite_weights_are_never_saved(data, saved, tmp_path):
     weights = {k: v.clone() for k, v in weights.items()}
     next(iter(weights.values()))[0, 0] = float("inf")
     meta = dict(model_config=checkpoint.load_config(saved)["model"], train_config={}, data_dir=data)
-    with pytest.raises(checkpoint.CheckpointError, match="not saving step 3: non-finite weights in"):
+    with pytest.raises(checkpoint.CheckpointError, match="not saving step 3: non-finite or exploded"):
+        checkpoint.save(tmp_path / "run", weights, state, step=3, **meta)
+    next(iter(weights.values()))[0, 0] = 3.5e23  # finite, but a run that diverged
+    with pytest.raises(checkpoint.CheckpointError, match="not saving step 3: non-finite or exploded"):
         checkpoint.save(tmp_path / "run", weights, state, step=3, **meta)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_broken_weights_whose_checksums_hold_are_refused_on_load(saved, tmp_path):
+    """An old or imported checkpoint saved with NaN weights verifies, and is refused all the same."""
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    _, weights, _ = checkpoint.load_training(copy)
+    name = next(iter(weights))
+    weights[name] = weights[name].clone()
+    weights[name][0, 0] = float("nan")
+    save_file(weights, copy / "model.safetensors", metadata={"step": str(checkpoint.load_config(copy)["step"])})
+    config = json.loads((copy / "config.json").read_text())
+    config["files"]["model.safetensors"] = checkpoint.sha256(copy / "model.safetensors")
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match=f"non-finite or exploded .* weights in {name}"):
+        checkpoint.load_for_inference(copy)
 
 
 def test_weights_of_another_model_fail_clearly(saved, tmp_path):
@@ -321,11 +342,13 @@ def test_interrupted_saves_leave_a_loadable_checkpoint(data, saved, tmp_path, mo
     assert not (out / "previous").exists() and not (out / ".staging").exists()
 
 
-def test_divergence_stops_without_overwriting(data, tmp_path):
+def test_divergence_stops_without_overwriting(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    message = r"step \d+: loss .* stopping without saving; the last good checkpoint, step \d+, is in"
+    message = r"step \d+: (loss .*|the optimizer step made weights .*) stopping without saving; the last good checkpoint, step \d+, is in"
+    real_lr_at = train.lr_at  # --lr is capped at 1; a schedule gone wild is what makes a run blow up
+    monkeypatch.setattr(train, "lr_at", lambda cfg, step, minutes: 1e6 if step >= 2 else real_lr_at(cfg, step, minutes))
     with pytest.raises(train.TrainingDiverged, match=message):
-        run(data, out, "--max_steps=50", "--lr=1e6", "--min_lr_ratio=0", "--warmup_steps=0", "--ckpt_every=1")
+        run(data, out, "--max_steps=50", "--min_lr_ratio=0", "--warmup_steps=0", "--ckpt_every=1")
     config, weights, _ = checkpoint.load_training(out)
     assert all(torch.isfinite(w).all() for w in weights.values())
     last = train.read_log(out / "log.jsonl")[-1]
@@ -478,6 +501,9 @@ def test_cuda_without_cuda_fails_clearly(data, tmp_path):
     (["--help"], 0, "--overwrite=false"),
     (["--device=cuda", "--out_dir={tmp}/new"], 1, "train.py: --device=cuda: this machine has no usable CUDA GPU"),
     (["--out_dir={tmp}/run"], 1, "train.py: --out_dir={tmp}/run holds a checkpoint ("),
+    (["--out_dir={tmp}/new", "--lr=1e300"], 1, "train.py: --lr must be in (0, 1]"),
+    (["--out_dir={tmp}/new", "--max_steps=-2"], 1, "train.py: --max_steps must be >= 0"),
+    (["--out_dir={tmp}/new", "--max_minutes=-1"], 1, "train.py: --max_minutes must be >= 0"),
 ])
 def test_command_line_mistakes_are_one_line(saved, tmp_path, monkeypatch, capsys, argv, code, message):
     """train.py's __main__ block, run in this process (test_bad_override_on_the_command_line runs a real one)."""
@@ -536,7 +562,7 @@ def test_weights_the_optimizer_makes_non_finite_are_never_saved(data, tmp_path, 
         return result
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_poison)
-    with pytest.raises(train.TrainingDiverged, match="step 3: the optimizer step made weights NaN or inf; stopping without "
+    with pytest.raises(train.TrainingDiverged, match="step 3: the optimizer step made weights NaN, inf or larger than 1e\\+06; stopping without "
                                                      "saving; the last good checkpoint, step 2, is in"):
         run(data, tmp_path / "run", "--max_steps=5", "--ckpt_every=1")
     config, weights, _ = checkpoint.load_training(tmp_path / "run")
