@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError
-from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads, usable_cores
+from nanocodec.config import ConfigError, given_options, one_line_warnings, parse, resolve_device, set_threads, usable_cores
 from nanocodec.data import DataError, TokenStream, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
 
@@ -115,11 +115,6 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------- configuration
 
 
-def option_names(argv: list[str]) -> set[str]:
-    """The settings named on a command line that `parse` accepted."""
-    return {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
-
-
 def load_config(argv: list[str]) -> TrainConfig:
     """Defaults + overrides; with --resume, the checkpoint's settings + overrides, where a run limit
     given replaces both saved ones (see TrainConfig's run length)."""
@@ -130,14 +125,14 @@ def load_config(argv: list[str]) -> TrainConfig:
         saved = checkpoint.load_config(cfg.out_dir)["train"]
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         base = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-        if option_names(argv) & {"max_steps", "max_minutes"}:
+        if given_options(argv) & {"max_steps", "max_minutes"}:
             base.max_steps, base.max_minutes = 0, 0.0
         cfg = parse(TrainConfig, argv, base=base)
         cfg.resume, cfg.overwrite = True, False
     else:
         refuse_earlier_run(Path(cfg.out_dir), cfg.overwrite)
     if cfg.init_from and not cfg.resume:
-        given = option_names(argv) & {"preset", *MODEL_FIELDS}
+        given = given_options(argv) & {"preset", *MODEL_FIELDS}
         if given:
             raise ConfigError(f"--init_from={cfg.init_from} brings its own model settings; drop --{', --'.join(sorted(given))}")
         checkpoint.load_config(cfg.init_from)  # a missing or broken checkpoint fails before any data work
@@ -607,8 +602,7 @@ def weights_sound(model: Llama, rt: Runtime) -> bool:
     """Whether every parameter is finite and within checkpoint.WEIGHT_LIMIT, on every process (each
     checks its own shards)."""
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    bad = sum(int(checkpoint.weights_broken(t.detach())) for t in local)
-    return all_sum([float(bad)], rt)[0] == 0
+    return all_sum([float(not checkpoint.weights_sound(local))], rt)[0] == 0
 
 
 # ----------------------------------------------------------------------------- training
@@ -619,7 +613,7 @@ def main(argv: list[str]) -> Llama:
     cfg = load_config(argv)
     rt = setup_runtime(cfg)
     try:
-        model = train(cfg, rt, minutes_from_now=cfg.resume and "max_minutes" in option_names(argv))
+        model = train(cfg, rt, minutes_from_now=cfg.resume and "max_minutes" in given_options(argv))
         # Ranks leave together: a gloo rank that tears down while its peer is still busy (rank 0
         # plotting) can abort at exit ("terminate called without an active exception").
         barrier(rt)

@@ -60,6 +60,16 @@ def convert(key: str, text: str, annotation: Any) -> Any:
         raise ConfigError(f"--{key}: expected {kind.__name__}, got {text!r}") from None
 
 
+def option_key(arg: str) -> str:
+    """The field an `--key=value` or `--key` argument names (dashes read as underscores)."""
+    return arg[2:].partition("=")[0].replace("-", "_")
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The fields a command line sets (train.py's resume rules ask which limits were given)."""
+    return {option_key(arg) for arg in argv if arg.startswith("--")}
+
+
 def parse(cls: type[T], argv: list[str], base: T | None = None) -> T:
     """Return `base` (default: `cls()`) with the overrides in `argv` applied.
 
@@ -76,8 +86,8 @@ def parse(cls: type[T], argv: list[str], base: T | None = None) -> T:
         arg = argv[i]
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}: overrides look like --key=value")
-        key, eq, text = arg[2:].partition("=")
-        key = key.replace("-", "_")
+        key = option_key(arg)
+        _, eq, text = arg.partition("=")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown option --{key}; known options: {known}")
