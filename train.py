@@ -43,6 +43,7 @@ from nanocodec.bpe import BpeError
 from nanocodec.config import ConfigError, given_options, one_line_warnings, parse, resolve_device, set_threads, usable_cores
 from nanocodec.data import DataError, TokenStream, bits_per_byte, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
+from nanocodec.sampling import PAPER_SAMPLING, complete
 
 
 @dataclass
@@ -102,7 +103,6 @@ JPEG_CONTEXT = 1024  # the default context for image data: a 64 px demo JPEG is 
 CONTEXT_STEP, MAX_AUTO_CONTEXT = 256, 32768  # AVC: the longest video rounded up, at most the paper's 32K
 COMPLETIONS, PROMPT_RATIO = 3, 0.5  # samples.png: completions per val image, and the share of it given
 PICTURE_SIZE = 192  # samples.png: tiles are scaled up by a whole factor (nearest) to about this size
-SAMPLING = dict(temperature=1.0, top_k=40, top_p=0.9)  # the paper's sampling settings
 RUN_OUTPUTS = ("log.jsonl", "loss.png", "samples.png", "samples", "eval")  # what a run (and nanocodec.eval) adds
 # Dense bf16 peak FLOP/s per GPU for MFU; other devices show no MFU rather than a wrong one.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -498,7 +498,6 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
 
     from nanocodec import jpeg
     from nanocodec.eval import decode_image
-    from nanocodec.sampling import complete
     from sample import grid
 
     codec = bundle.config["codec"]
@@ -511,7 +510,7 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
     prompts = [jpeg.prompt(s, PROMPT_RATIO) for s in streams]
     result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind="jpeg",
                       constrain=True, generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size,
-                      progress=True, **SAMPLING)
+                      progress=True, **PAPER_SAMPLING)
     rows = [[jpeg.decode(prompt, quality, subsampling, repair=True),
              *(decode_image(s.data, codec) for s in result.samples[i * COMPLETIONS:(i + 1) * COMPLETIONS]),
              jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
@@ -528,7 +527,7 @@ def decode_rate_line(bundle: checkpoint.Bundle, cfg: TrainConfig) -> str:
     from nanocodec.eval import decode_rate
 
     kind = bundle.config["kind"]
-    rate = decode_rate(bundle, kind, [b""] * cfg.decode_samples, constrain=False, sampling=SAMPLING,
+    rate = decode_rate(bundle, kind, [b""] * cfg.decode_samples, constrain=False, sampling=PAPER_SAMPLING,
                        generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
     return (f"unconditional samples: {rate['valid']}/{rate['samples']} decode without error "
             f"({rate['tokens_per_second']:.0f} tok/s)")
