@@ -843,6 +843,7 @@ def optimizer_step(run: Run, loss: float, grad_norm: float) -> None:
 
 
 def diverged(run: Run, step: int, problem: str) -> TrainingDiverged:
+    """The error that stops a run at `step`, saying where its last good checkpoint is."""
     where = f"the last good checkpoint, step {run.saved_step}, is in {run.out}" if run.saved_step >= 0 else "no checkpoint was saved"
     return TrainingDiverged(f"step {step}: {problem}; stopping without saving; {where}")
 
