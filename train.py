@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError
+from nanocodec.codecs import JPEG, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, given_options, one_line_warnings, parse, resolve_device, set_threads, usable_cores
 from nanocodec.data import DataError, TokenStream, bits_per_byte, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
@@ -99,7 +100,6 @@ class TrainConfig:
 LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "1b": 3e-4, "7b": 3e-4}
 FINE_TUNE_LR = 3e-5  # --init_from's default: a tenth of the paper's peak rate, for weights already trained
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta")
-JPEG_CONTEXT = 1024  # the default context for image data: a 64 px demo JPEG is ~420 tokens
 CONTEXT_STEP, MAX_AUTO_CONTEXT = 256, 32768  # AVC: the longest video rounded up, at most the paper's 32K
 COMPLETIONS, PROMPT_RATIO = 3, 0.5  # samples.png: completions per val image, and the share of it given
 PICTURE_SIZE = 192  # samples.png: tiles are scaled up by a whole factor (nearest) to about this size
@@ -147,7 +147,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     if cfg.context < 0:
         raise ConfigError(f"--context must be positive (or 0: fit the data), got {cfg.context}")
     # Fail on bad model settings before any data work (the context is settled once the data is known).
-    model_config(dataclasses.replace(cfg, context=cfg.context or JPEG_CONTEXT), ModelConfig.vocab_size)
+    model_config(dataclasses.replace(cfg, context=cfg.context or JPEG.default_context), ModelConfig.vocab_size)
     if cfg.lr is None:
         cfg.lr = FINE_TUNE_LR if cfg.init_from else LEARNING_RATES[cfg.preset]
     if not 0 < cfg.lr <= 1 or not 0 <= cfg.min_lr_ratio <= 1:
@@ -216,10 +216,12 @@ def limit_reached(cfg: TrainConfig, step: int, minutes: float) -> str:
 
 
 def default_context(data_dir: Path) -> tuple[int, str]:
-    """The context for --context=0 and why: JPEG_CONTEXT for images; for video, the longest prepared
-    video (both splits, with <bos> and <eos>) rounded up to CONTEXT_STEP, at most MAX_AUTO_CONTEXT."""
-    if manifest(data_dir).get("kind") != "avc":
-        return JPEG_CONTEXT, "the default for image data"
+    """The context for --context=0 and why: the codec's default (JPEG: 1024); for a codec without one
+    (video), the longest prepared document (both splits, with <bos> and <eos>) rounded up to
+    CONTEXT_STEP, at most MAX_AUTO_CONTEXT."""
+    codec = codec_for(manifest(data_dir), where=f"--data={data_dir}: manifest.json")
+    if codec.default_context is not None:
+        return codec.default_context, f"the default for {codec.name} data"
     longest = max(int(document_lengths(data_dir, split).max(initial=0)) for split in ("train", "val"))
     context = min(MAX_AUTO_CONTEXT, -(-longest // CONTEXT_STEP) * CONTEXT_STEP)
     if context < longest:
@@ -294,7 +296,7 @@ def data_folder(cfg: TrainConfig, rt: Runtime) -> Path:
 
         print(f"preparing the demo data in {path} (once)", flush=True)
         try:
-            prepare(kind="jpeg", source="demo", out=str(path))
+            prepare(kind=JPEG.kind, source="demo", out=str(path))
         except PrepareError as e:
             raise DataError(f"preparing the demo data: {e}") from None
     barrier(rt)
@@ -479,11 +481,11 @@ def plot_losses(records: list[dict], path: Path) -> None:
     img.save(path)
 
 
-def region_line(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig) -> str:
-    """Val bits per byte by region of the JPEG stream (nanocodec.eval), as one line."""
+def region_line(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path, cfg: TrainConfig) -> str:
+    """Val bits per byte by region of the codec stream (nanocodec.eval), as one line."""
     from nanocodec.eval import bits_per_byte as bits_by_region
 
-    result = bits_by_region(bundle.model, bundle.tokenizer, data_dir, "jpeg", context=cfg.context,
+    result = bits_by_region(bundle.model, bundle.tokenizer, data_dir, codec, context=cfg.context,
                             batch_size=cfg.batch_size, progress=False)
     names = {"headers": "headers", "entropy": "entropy-coded data", "restart": "restart markers"}
     parts = [f"{names[name]} {r['bits_per_byte']:.2f} ({r['bytes'] / result['bytes']:.0%} of the bytes)"
@@ -491,30 +493,27 @@ def region_line(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig) -> 
     return f"val bits per byte by region: {', '.join(parts)}"
 
 
-def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig, path: Path) -> str:
+def completions_picture(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path, cfg: TrainConfig, path: Path) -> str:
     """Rows of prompt (first PROMPT_RATIO of a val image, the rest gray) | COMPLETIONS constrained
     completions | original for cfg.samples val images, scaled up to ~PICTURE_SIZE px, into `path`."""
     from PIL import Image
 
-    from nanocodec import jpeg
     from nanocodec.eval import decode_image
     from sample import grid
 
-    codec = bundle.config["codec"]
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
     context = bundle.model.config.max_seq_len
     fitting = (doc for doc in documents(data_dir, "val") if len(doc) + 2 <= context)  # with <bos> and <eos>
     streams = [bundle.tokenizer.decode(doc) for doc in itertools.islice(fitting, cfg.samples)]
     if not streams:
         return f"no {path.name}: no val image fits the model's context of {context} tokens"
-    prompts = [jpeg.prompt(s, PROMPT_RATIO) for s in streams]
-    result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind="jpeg",
+    prompts = [codec.prompt(s, PROMPT_RATIO) for s in streams]
+    result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind=codec,
                       constrain=True, generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size,
                       progress=True, **PAPER_SAMPLING)
-    rows = [[jpeg.decode(prompt, quality, subsampling, repair=True),
-             *(decode_image(s.data, codec) for s in result.samples[i * COMPLETIONS:(i + 1) * COMPLETIONS]),
-             jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
-    scale = max(1, PICTURE_SIZE // codec["size"])
+    completions = [s.data for s in result.samples]
+    rows = [[decode_image(data, codec) for data in (prompt, *completions[i * COMPLETIONS:(i + 1) * COMPLETIONS], stream)]
+            for i, (prompt, stream) in enumerate(zip(prompts, streams))]
+    scale = max(1, PICTURE_SIZE // max(codec.frame_size))
     grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
     valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
     cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
@@ -522,12 +521,11 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
             f"(constrained: {valid}/{len(result.samples)} valid{cut_note}) | original; {result.tokens_per_second:.0f} tok/s")
 
 
-def decode_rate_line(bundle: checkpoint.Bundle, cfg: TrainConfig) -> str:
+def decode_rate_line(bundle: checkpoint.Bundle, codec: Codec, cfg: TrainConfig) -> str:
     """How many of cfg.decode_samples unconditional samples the codec's validator accepts unrepaired."""
     from nanocodec.eval import decode_rate
 
-    kind = bundle.config["kind"]
-    rate = decode_rate(bundle, kind, [b""] * cfg.decode_samples, constrain=False, sampling=PAPER_SAMPLING,
+    rate = decode_rate(bundle, codec, [b""] * cfg.decode_samples, constrain=False, sampling=PAPER_SAMPLING,
                        generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
     return (f"unconditional samples: {rate['valid']}/{rate['samples']} decode without error "
             f"({rate['tokens_per_second']:.0f} tok/s)")
@@ -553,16 +551,16 @@ def final_report(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_v
 def report_checkpoint(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_val: bool) -> None:
     """Region bits per byte, samples.png and the decode rate of the checkpoint in `out`, printed."""
     bundle = checkpoint.load_for_inference(out, rt.device)
-    jpeg_data = bundle.config.get("kind") == "jpeg"
-    if jpeg_data and has_val:
-        print(region_line(bundle, data_dir, cfg), flush=True)
+    codec = codec_for(bundle.config, where=str(out / checkpoint.CONFIG))
+    if codec.by_region and has_val:
+        print(region_line(bundle, codec, data_dir, cfg), flush=True)
     lines = []
-    if cfg.samples and has_val and jpeg_data:
-        lines.append(completions_picture(bundle, data_dir, cfg, out / "samples.png"))
-    elif cfg.samples and not jpeg_data:
+    if cfg.samples and has_val and not codec.video:
+        lines.append(completions_picture(bundle, codec, data_dir, cfg, out / "samples.png"))
+    elif cfg.samples and codec.video:
         lines.append(f"no samples.png for video: python sample.py --ckpt={out} --prompt=VIDEO --frames=N")
     if cfg.decode_samples:
-        lines.append(decode_rate_line(bundle, cfg))
+        lines.append(decode_rate_line(bundle, codec, cfg))
     if lines:
         print("samples: " + "; ".join(lines), flush=True)
 
@@ -891,5 +889,5 @@ if __name__ == "__main__":
     one_line_warnings("train.py")
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:
+    except (ConfigError, DataError, BpeError, CodecError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:
         sys.exit(f"train.py: {e}")

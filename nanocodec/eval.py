@@ -4,9 +4,9 @@ Owns three measurements and their report:
 - bits per byte of the val split (nanocodec.data.bits_per_byte: total cross-entropy over every
   predicted token, EOS included, / ln 2 / codec bytes), and for a codec that labels regions
   (`Codec.regions`; JPEG) split by region: headers (markers and segments outside the scan, EOI, and
-  the EOS token), entropy-coded data, restart markers. A token counts in the region of its first byte (with the
-  JPEG split pattern, RST markers are always tokens of their own); each region's bytes are the
-  bytes of its tokens, so the regions add up.
+  the EOS token), entropy-coded data, restart markers. A token counts in the region of its first
+  byte (with the JPEG split pattern, RST markers are always tokens of their own); each region's
+  bytes are the bytes of its tokens, so the regions add up.
 - decode rate: of N samples (unconditional, or prompted from val images), how many the codec's
   validator accepts as they are; for JPEG also with constrained decoding.
 - prompted-completion FID (paper, section 5): the first N val images cut at each prompt ratio,
