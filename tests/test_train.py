@@ -22,7 +22,6 @@ from PIL import Image
 from nanocodec import checkpoint
 from nanocodec.bpe import Tokenizer
 from nanocodec.config import ConfigError
-from nanocodec.data import bits_per_byte
 from nanocodec.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +127,6 @@ def test_bits_per_byte_by_hand(data):
     assert full["val_bpb"] == pytest.approx(expected, rel=1e-6)
     # A partial pass extrapolates at the split's tokens per byte: exact for a uniform model.
     assert train.evaluate(model, data, cfg, rt, max_batches=1)["val_bpb"] == pytest.approx(expected, rel=1e-6)
-    assert bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
 
 
 def test_schedule_warms_up_then_follows_a_cosine_in_steps_or_minutes(tmp_path):
