@@ -27,7 +27,7 @@ from PIL import Image
 from nanocodec import jpeg
 from nanocodec.codecs import VIDEO_EXTENSIONS, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
-from nanocodec.sampling import complete, prompt_problem
+from nanocodec.sampling import PAPER_SAMPLING, complete, prompt_problem
 
 
 @dataclass
@@ -46,9 +46,9 @@ class SampleConfig:
     out: str = ""  # output folder; empty: CKPT/samples (beside the checkpoint, never the source tree)
     constrain: bool = False  # JPEG: keep every stream valid by construction (nanocodec.huffman.Validator)
     seed: int = 1337  # seed of the sampling generator: same seed, same samples on any device
-    temperature: float = 1.0  # softmax temperature of sampling; 0: greedy
-    top_k: int = 40  # sample among the k most likely tokens (paper: 40); 0 disables
-    top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
+    temperature: float = PAPER_SAMPLING["temperature"]  # softmax temperature of sampling; 0: greedy
+    top_k: int = PAPER_SAMPLING["top_k"]  # sample among the k most likely tokens (paper: 40); 0 disables
+    top_p: float = PAPER_SAMPLING["top_p"]  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
     max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
     batch_size: int = 16  # rows generated together
     device: str = "auto"  # auto: cuda if available, else cpu

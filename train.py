@@ -40,9 +40,11 @@ from tqdm import tqdm
 
 from nanocodec import checkpoint
 from nanocodec.bpe import BpeError
+from nanocodec.codecs import JPEG, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, given_options, one_line_warnings, parse, resolve_device, set_threads, usable_cores
-from nanocodec.data import DataError, TokenStream, document_lengths, documents, manifest, val_batches
+from nanocodec.data import DataError, TokenStream, bits_per_byte, document_lengths, documents, manifest, val_batches
 from nanocodec.model import Llama, ModelConfig
+from nanocodec.sampling import PAPER_SAMPLING, complete
 
 
 @dataclass
@@ -98,11 +100,9 @@ class TrainConfig:
 LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "1b": 3e-4, "7b": 3e-4}
 FINE_TUNE_LR = 3e-5  # --init_from's default: a tenth of the paper's peak rate, for weights already trained
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta")
-JPEG_CONTEXT = 1024  # the default context for image data: a 64 px demo JPEG is ~420 tokens
 CONTEXT_STEP, MAX_AUTO_CONTEXT = 256, 32768  # AVC: the longest video rounded up, at most the paper's 32K
 COMPLETIONS, PROMPT_RATIO = 3, 0.5  # samples.png: completions per val image, and the share of it given
 PICTURE_SIZE = 192  # samples.png: tiles are scaled up by a whole factor (nearest) to about this size
-SAMPLING = dict(temperature=1.0, top_k=40, top_p=0.9)  # the paper's sampling settings
 RUN_OUTPUTS = ("log.jsonl", "loss.png", "samples.png", "samples", "eval")  # what a run (and nanocodec.eval) adds
 # Dense bf16 peak FLOP/s per GPU for MFU; other devices show no MFU rather than a wrong one.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -147,7 +147,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     if cfg.context < 0:
         raise ConfigError(f"--context must be positive (or 0: fit the data), got {cfg.context}")
     # Fail on bad model settings before any data work (the context is settled once the data is known).
-    model_config(dataclasses.replace(cfg, context=cfg.context or JPEG_CONTEXT), ModelConfig.vocab_size)
+    model_config(dataclasses.replace(cfg, context=cfg.context or JPEG.default_context), ModelConfig.vocab_size)
     if cfg.lr is None:
         cfg.lr = FINE_TUNE_LR if cfg.init_from else LEARNING_RATES[cfg.preset]
     if not 0 < cfg.lr <= 1 or not 0 <= cfg.min_lr_ratio <= 1:
@@ -216,10 +216,12 @@ def limit_reached(cfg: TrainConfig, step: int, minutes: float) -> str:
 
 
 def default_context(data_dir: Path) -> tuple[int, str]:
-    """The context for --context=0 and why: JPEG_CONTEXT for images; for video, the longest prepared
-    video (both splits, with <bos> and <eos>) rounded up to CONTEXT_STEP, at most MAX_AUTO_CONTEXT."""
-    if manifest(data_dir).get("kind") != "avc":
-        return JPEG_CONTEXT, "the default for image data"
+    """The context for --context=0 and why: the codec's default (JPEG: 1024); for a codec without one
+    (video), the longest prepared document (both splits, with <bos> and <eos>) rounded up to
+    CONTEXT_STEP, at most MAX_AUTO_CONTEXT."""
+    codec = codec_for(manifest(data_dir), where=f"--data={data_dir}: manifest.json")
+    if codec.default_context is not None:
+        return codec.default_context, f"the default for {codec.name} data"
     longest = max(int(document_lengths(data_dir, split).max(initial=0)) for split in ("train", "val"))
     context = min(MAX_AUTO_CONTEXT, -(-longest // CONTEXT_STEP) * CONTEXT_STEP)
     if context < longest:
@@ -294,7 +296,7 @@ def data_folder(cfg: TrainConfig, rt: Runtime) -> Path:
 
         print(f"preparing the demo data in {path} (once)", flush=True)
         try:
-            prepare(kind="jpeg", source="demo", out=str(path))
+            prepare(kind=JPEG.kind, source="demo", out=str(path))
         except PrepareError as e:
             raise DataError(f"preparing the demo data: {e}") from None
     barrier(rt)
@@ -372,11 +374,6 @@ def load_state_dicts(model: Llama, optimizer, weights: dict, optim_state: dict, 
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def bits_per_byte(total_nats: float, codec_bytes: int) -> float:
-    """Cross-entropy of the codec stream in bits per byte of it (8.0 = uniform over byte values)."""
-    return total_nats / math.log(2) / codec_bytes
 
 
 @torch.no_grad()
@@ -484,11 +481,11 @@ def plot_losses(records: list[dict], path: Path) -> None:
     img.save(path)
 
 
-def region_line(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig) -> str:
-    """Val bits per byte by region of the JPEG stream (nanocodec.eval), as one line."""
+def region_line(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path, cfg: TrainConfig) -> str:
+    """Val bits per byte by region of the codec stream (nanocodec.eval), as one line."""
     from nanocodec.eval import bits_per_byte as bits_by_region
 
-    result = bits_by_region(bundle.model, bundle.tokenizer, data_dir, "jpeg", context=cfg.context,
+    result = bits_by_region(bundle.model, bundle.tokenizer, data_dir, codec, context=cfg.context,
                             batch_size=cfg.batch_size, progress=False)
     names = {"headers": "headers", "entropy": "entropy-coded data", "restart": "restart markers"}
     parts = [f"{names[name]} {r['bits_per_byte']:.2f} ({r['bytes'] / result['bytes']:.0%} of the bytes)"
@@ -496,31 +493,27 @@ def region_line(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig) -> 
     return f"val bits per byte by region: {', '.join(parts)}"
 
 
-def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainConfig, path: Path) -> str:
+def completions_picture(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path, cfg: TrainConfig, path: Path) -> str:
     """Rows of prompt (first PROMPT_RATIO of a val image, the rest gray) | COMPLETIONS constrained
     completions | original for cfg.samples val images, scaled up to ~PICTURE_SIZE px, into `path`."""
     from PIL import Image
 
-    from nanocodec import jpeg
     from nanocodec.eval import decode_image
-    from nanocodec.sampling import complete
     from sample import grid
 
-    codec = bundle.config["codec"]
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
     context = bundle.model.config.max_seq_len
     fitting = (doc for doc in documents(data_dir, "val") if len(doc) + 2 <= context)  # with <bos> and <eos>
     streams = [bundle.tokenizer.decode(doc) for doc in itertools.islice(fitting, cfg.samples)]
     if not streams:
         return f"no {path.name}: no val image fits the model's context of {context} tokens"
-    prompts = [jpeg.prompt(s, PROMPT_RATIO) for s in streams]
-    result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind="jpeg",
+    prompts = [codec.prompt(s, PROMPT_RATIO) for s in streams]
+    result = complete(bundle.model, bundle.tokenizer, [p for p in prompts for _ in range(COMPLETIONS)], kind=codec,
                       constrain=True, generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size,
-                      progress=True, **SAMPLING)
-    rows = [[jpeg.decode(prompt, quality, subsampling, repair=True),
-             *(decode_image(s.data, codec) for s in result.samples[i * COMPLETIONS:(i + 1) * COMPLETIONS]),
-             jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
-    scale = max(1, PICTURE_SIZE // codec["size"])
+                      progress=True, **PAPER_SAMPLING)
+    completions = [s.data for s in result.samples]
+    rows = [[decode_image(data, codec) for data in (prompt, *completions[i * COMPLETIONS:(i + 1) * COMPLETIONS], stream)]
+            for i, (prompt, stream) in enumerate(zip(prompts, streams))]
+    scale = max(1, PICTURE_SIZE // max(codec.frame_size))
     grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
     valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
     cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
@@ -528,12 +521,11 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
             f"(constrained: {valid}/{len(result.samples)} valid{cut_note}) | original; {result.tokens_per_second:.0f} tok/s")
 
 
-def decode_rate_line(bundle: checkpoint.Bundle, cfg: TrainConfig) -> str:
+def decode_rate_line(bundle: checkpoint.Bundle, codec: Codec, cfg: TrainConfig) -> str:
     """How many of cfg.decode_samples unconditional samples the codec's validator accepts unrepaired."""
     from nanocodec.eval import decode_rate
 
-    kind = bundle.config["kind"]
-    rate = decode_rate(bundle, kind, [b""] * cfg.decode_samples, constrain=False, sampling=SAMPLING,
+    rate = decode_rate(bundle, codec, [b""] * cfg.decode_samples, constrain=False, sampling=PAPER_SAMPLING,
                        generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
     return (f"unconditional samples: {rate['valid']}/{rate['samples']} decode without error "
             f"({rate['tokens_per_second']:.0f} tok/s)")
@@ -559,16 +551,16 @@ def final_report(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_v
 def report_checkpoint(out: Path, data_dir: Path, cfg: TrainConfig, rt: Runtime, has_val: bool) -> None:
     """Region bits per byte, samples.png and the decode rate of the checkpoint in `out`, printed."""
     bundle = checkpoint.load_for_inference(out, rt.device)
-    jpeg_data = bundle.config.get("kind") == "jpeg"
-    if jpeg_data and has_val:
-        print(region_line(bundle, data_dir, cfg), flush=True)
+    codec = codec_for(bundle.config, where=str(out / checkpoint.CONFIG))
+    if codec.by_region and has_val:
+        print(region_line(bundle, codec, data_dir, cfg), flush=True)
     lines = []
-    if cfg.samples and has_val and jpeg_data:
-        lines.append(completions_picture(bundle, data_dir, cfg, out / "samples.png"))
-    elif cfg.samples and not jpeg_data:
+    if cfg.samples and has_val and not codec.video:
+        lines.append(completions_picture(bundle, codec, data_dir, cfg, out / "samples.png"))
+    elif cfg.samples and codec.video:
         lines.append(f"no samples.png for video: python sample.py --ckpt={out} --prompt=VIDEO --frames=N")
     if cfg.decode_samples:
-        lines.append(decode_rate_line(bundle, cfg))
+        lines.append(decode_rate_line(bundle, codec, cfg))
     if lines:
         print("samples: " + "; ".join(lines), flush=True)
 
@@ -623,9 +615,72 @@ def main(argv: list[str]) -> Llama:
             dist.destroy_process_group()
 
 
+@dataclass
+class Run:
+    """A training run between its steps: what it trains on, the model and optimizer, and how far it
+    is (`step`, `minutes` trained, `saved_step`: the step of its last checkpoint, -1 for none)."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    data_dir: Path
+    context_note: str  # why the context is what it is
+    vocab_size: int  # the data's tokenizer's
+    has_val: bool
+    mc: ModelConfig
+    model: Llama
+    optimizer: torch.optim.Optimizer
+    stream: TokenStream
+    step: int = 0
+    minutes: float = 0.0
+    saved_step: int = -1
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+
 def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llama:
-    """Train as `cfg` says; `minutes_from_now`: a resume's max_minutes counts from where it resumes."""
-    out = Path(cfg.out_dir)
+    """Train as `cfg` says: set up, resume (or start over), wrap for the processes, the steps, the final
+    evaluation and report. `minutes_from_now`: a resume's max_minutes counts from where it resumes."""
+    run = set_up(cfg, rt)
+    if cfg.resume:
+        resume(run, minutes_from_now)
+    elif cfg.overwrite and rt.main:
+        remove_earlier_run(run.out)
+    barrier(rt)
+    run.out.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and finished(run):
+        return run.model
+    if rt.main:  # lines past the checkpoint belong to a run that died: drop them
+        kept = read_log(run.log_path, run.step) if cfg.resume else []
+        run.log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    step_fn, ddp = wrap_for_processes(run.model, cfg, rt)
+    speed = throughput(run)
+    if rt.main:
+        print(f"model {cfg.init_from or cfg.preset}: {run.model.num_params() / 1e6:.2f}M parameters, vocab {run.vocab_size}; "
+              f"context {cfg.context} ({run.context_note}); {speed.tokens} tokens per step on {rt.world} x {rt.device}"
+              f"{f', {rt.threads} threads' if rt.device.type == 'cpu' else ''}", flush=True)
+    if train_steps(run, step_fn, ddp, speed):
+        if rt.main:
+            print(f"stopped by signal at step {run.step}; checkpoint saved in {run.out}", flush=True)
+        return run.model
+    final = evaluate(run.model, run.data_dir, cfg, rt) if run.has_val else {}
+    append_log(run, {"step": run.step, "final": True, **final})
+    if rt.main:
+        result = (f"val loss {final['val_loss']:.4f} nats/token, val bits per byte {final['val_bpb']:.4f} "
+                  f"(uniform over bytes: 8.0)" if run.has_val else "no val split to evaluate")
+        print(f"step {run.step}: {result}; checkpoint in {run.out}", flush=True)
+        final_report(run.out, run.data_dir, cfg, rt, run.has_val)
+    return run.model
+
+
+def set_up(cfg: TrainConfig, rt: Runtime) -> Run:
+    """A run at step 0: the data folder, the context and grad_accum settled in `cfg`, the model
+    (seeded; with --init_from, its weights), the optimizer and the train stream."""
     data_dir = data_folder(cfg, rt)
     context_note = "given"
     if not cfg.context:
@@ -635,7 +690,6 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
     if not (data_dir / "tokenizer.json").is_file():
         raise DataError(f"--data={data_dir}: no tokenizer.json; prepare the folder again")
     tokenizer = checkpoint.load_tokenizer(data_dir / "tokenizer.json")
-    vocab_size = tokenizer.vocab_size
     has_val = has_val_split(data_dir, warn=rt.main)
     mc = start_model_config(cfg, tokenizer, data_dir)
     torch.manual_seed(cfg.seed)
@@ -645,36 +699,41 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
         _, weights, _ = checkpoint.load_training(cfg.init_from, weights=rt.main or not cfg.fsdp)
         load_model_weights(model, weights, cfg)
     stream = TokenStream(data_dir, "train", cfg.context, cfg.batch_size, rank=rt.rank, world_size=rt.world, seed=cfg.seed)
+    return Run(cfg, rt, data_dir, context_note, tokenizer.vocab_size, has_val, mc, model, optimizer, stream)
 
-    step, minutes_before = 0, 0.0
-    if cfg.resume:
-        saved, weights, state = checkpoint.load_training(out, weights=rt.main or not cfg.fsdp)
-        differ = [f"{k}={v} (checkpoint: {saved['model'].get(k)})"
-                  for k, v in dataclasses.asdict(mc).items() if saved["model"].get(k) != v]
-        if differ:
-            raise ConfigError(f"--resume: the model settings differ from the checkpoint in {out}: {', '.join(differ)}")
-        optim_state = state["optimizer"] if rt.main or not cfg.fsdp else {}
-        load_state_dicts(model, optimizer, weights, optim_state, cfg)
-        step, minutes_before = state["step"], state["minutes"]
-        stream.load_state_dict(state["data"])  # the same on every rank, whatever the world size
-        if len(state["rng"]) == rt.world:
-            torch.set_rng_state(state["rng"][rt.rank])
-        if minutes_from_now and cfg.max_minutes:
-            cfg.max_minutes += minutes_before
-    elif cfg.overwrite and rt.main:
-        remove_earlier_run(out)
-    barrier(rt)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.jsonl"
-    nothing_to_do = resume_note(cfg, out, step, minutes_before) if cfg.resume else ""
-    if nothing_to_do:
-        if rt.main:
-            print(nothing_to_do, flush=True)
-        if finished_at(log_path, step):  # else the final evaluation and pictures are still to come
-            return model
-    if rt.main:  # lines past the checkpoint belong to a run that died: drop them
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in (read_log(log_path, step) if cfg.resume else [])))
 
+def resume(run: Run, minutes_from_now: bool) -> None:
+    """Load the checkpoint in out_dir into `run`: weights, optimizer, step, minutes, data position and
+    (at the same world size) each process's RNG. Its model settings must be the run's."""
+    cfg, rt = run.cfg, run.rt
+    saved, weights, state = checkpoint.load_training(run.out, weights=rt.main or not cfg.fsdp)
+    differ = [f"{k}={v} (checkpoint: {saved['model'].get(k)})"
+              for k, v in dataclasses.asdict(run.mc).items() if saved["model"].get(k) != v]
+    if differ:
+        raise ConfigError(f"--resume: the model settings differ from the checkpoint in {run.out}: {', '.join(differ)}")
+    optim_state = state["optimizer"] if rt.main or not cfg.fsdp else {}
+    load_state_dicts(run.model, run.optimizer, weights, optim_state, cfg)
+    run.step, run.minutes = state["step"], state["minutes"]
+    run.saved_step = run.step
+    run.stream.load_state_dict(state["data"])  # the same on every rank, whatever the world size
+    if len(state["rng"]) == rt.world:
+        torch.set_rng_state(state["rng"][rt.rank])
+    if minutes_from_now and cfg.max_minutes:
+        cfg.max_minutes += run.minutes
+
+
+def finished(run: Run) -> bool:
+    """On a resume, whether the run is over: it has reached its limit (said in one line) and its log
+    holds the final evaluation (else the final evaluation and pictures are still to come)."""
+    note = resume_note(run.cfg, run.out, run.step, run.minutes)
+    if note and run.rt.main:
+        print(note, flush=True)
+    return bool(note) and finished_at(run.log_path, run.step)
+
+
+def wrap_for_processes(model: Llama, cfg: TrainConfig, rt: Runtime) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(what the step calls, the DDP wrapper or None): DDP under torchrun without --fsdp (FSDP2
+    shards the model itself, in build_model), torch.compile with --compile."""
     ddp = None
     if rt.distributed and not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel
@@ -685,124 +744,150 @@ def train(cfg: TrainConfig, rt: Runtime, minutes_from_now: bool = False) -> Llam
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=device_ids, **{no_resend: False})
     step_fn = ddp if ddp is not None else model
-    if cfg.compile:
-        step_fn = torch.compile(step_fn)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.device.type == "cuda")
-    tokens_per_step = cfg.batch_size * cfg.context * cfg.grad_accum * rt.world
-    flops_per_step = model.flops_per_token(cfg.context) * tokens_per_step
+    return (torch.compile(step_fn) if cfg.compile else step_fn), ddp
+
+
+@dataclass
+class Throughput:
+    """Tokens and FLOPs of one optimizer step (all processes), and one GPU's peak FLOP/s (None: no MFU)."""
+
+    tokens: int
+    flops: float
+    peak: float | None
+
+
+def throughput(run: Run) -> Throughput:
+    """The run's Throughput; the peak is known for the GPUs in PEAK_FLOPS only."""
+    cfg, rt = run.cfg, run.rt
+    tokens = cfg.batch_size * cfg.context * cfg.grad_accum * rt.world
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else ""
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
-    if rt.main:
-        print(f"model {cfg.init_from or cfg.preset}: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab_size}; context {cfg.context} "
-              f"({context_note}); {tokens_per_step} tokens per step on {rt.world} x {rt.device}"
-              f"{f', {rt.threads} threads' if rt.device.type == 'cpu' else ''}", flush=True)
+    return Throughput(tokens, run.model.flops_per_token(cfg.context) * tokens, peak)
 
+
+def train_steps(run: Run, step_fn: torch.nn.Module, ddp: torch.nn.Module | None, speed: Throughput) -> bool:
+    """Optimizer steps until a run limit, each logged, with a checkpoint every ckpt_every steps and at
+    the end. SIGTERM/SIGINT end the run after the step under way (and its checkpoint): returns True."""
+    cfg, rt = run.cfg, run.rt
     stop_signal: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
-    saved_step = step if cfg.resume else -1
-
-    def save() -> None:
-        nonlocal saved_step
-        weights, optim_state = state_dicts(model, optimizer)
-        rng = [torch.get_rng_state()]
-        if rt.distributed:
-            rng = [None] * rt.world
-            dist.all_gather_object(rng, torch.get_rng_state())
-        if rt.main:
-            state = {"optimizer": optim_state, "minutes": minutes, "data": stream.state_dict(), "rng": rng}
-            checkpoint.save(out, weights, state, step=step, model_config=dataclasses.asdict(mc),
-                            train_config=dataclasses.asdict(cfg), data_dir=data_dir)
-        barrier(rt)
-        saved_step = step
-
-    def log(record: dict) -> None:
-        if rt.main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    started = time.perf_counter()
-    minutes = minutes_before
-    bar = tqdm(total=cfg.max_steps or None, initial=step, desc="train", unit="step", disable=not rt.main, dynamic_ncols=True)
-    model.train()
+    started, minutes_before = time.perf_counter(), run.minutes
+    bar = tqdm(total=cfg.max_steps or None, initial=run.step, desc="train", unit="step", disable=not rt.main, dynamic_ncols=True)
+    run.model.train()
     tok_s, stopped = 0.0, False
     try:
-        while not limit_reached(cfg, step, minutes):
+        while not limit_reached(cfg, run.step, run.minutes):
             t0 = time.perf_counter()
-            lr = lr_at(cfg, step, minutes)
-            for group in optimizer.param_groups:
+            lr = lr_at(cfg, run.step, run.minutes)
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=rt.device)
-            for micro in range(cfg.grad_accum):
-                last = micro == cfg.grad_accum - 1
-                x, y = next(stream)
-                if rt.device.type == "cuda":
-                    x, y = (t.pin_memory().to(rt.device, non_blocking=True) for t in (x, y))
-                if cfg.fsdp:
-                    model.set_requires_gradient_sync(last)
-                with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast:
-                    _, loss = step_fn(x, y)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
+            loss_sum, grad_norm = accumulate_gradients(run, step_fn, ddp)
             elapsed = minutes_before + (time.perf_counter() - started) / 60
             loss_total, stops, elapsed_total = all_sum([float(loss_sum) / cfg.grad_accum, len(stop_signal), elapsed], rt)
-            train_loss, minutes = loss_total / rt.world, elapsed_total / rt.world
-            if not (math.isfinite(train_loss) and math.isfinite(float(grad_norm))):
-                where = f"the last good checkpoint, step {saved_step}, is in {out}" if saved_step >= 0 else "no checkpoint was saved"
-                raise TrainingDiverged(f"step {step + 1}: loss {train_loss}, gradient norm {float(grad_norm)}; "
-                                       f"stopping without saving; {where}")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if not weights_sound(model, rt):
-                where = f"the last good checkpoint, step {saved_step}, is in {out}" if saved_step >= 0 else "no checkpoint was saved"
-                raise TrainingDiverged(f"step {step}: the optimizer step made weights NaN, inf or larger than {checkpoint.WEIGHT_LIMIT:g}; "
-                                       f"stopping without saving; {where}")
+            train_loss, run.minutes = loss_total / rt.world, elapsed_total / rt.world
+            optimizer_step(run, train_loss, float(grad_norm))
             dt = time.perf_counter() - t0
-            tok_s = tokens_per_step / dt if tok_s == 0 else 0.9 * tok_s + 0.1 * tokens_per_step / dt
-            record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens": step * tokens_per_step, "tok_s": tokens_per_step / dt, "minutes": minutes}
-            postfix = {"loss": f"{train_loss:.4f}", "tok/s": f"{tok_s:.0f}"}
-            if peak:
-                record["mfu"] = flops_per_step / dt / (peak * rt.world)
-                postfix["mfu"] = f"{record['mfu']:.1%}"
-            if step % cfg.eval_every == 0 and has_val:
-                record.update(evaluate(model, data_dir, cfg, rt, cfg.eval_batches))
-                postfix["val_bpb"] = f"{record['val_bpb']:.3f}"
-            log(record)
+            tok_s = speed.tokens / dt if tok_s == 0 else 0.9 * tok_s + 0.1 * speed.tokens / dt
+            record, postfix = step_record(run, speed, dt, tok_s, lr=lr, loss=train_loss, grad_norm=float(grad_norm))
+            append_log(run, record)
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if stops:
                 stopped = True
                 break
-            if step % cfg.ckpt_every == 0:
-                save()
+            if run.step % cfg.ckpt_every == 0:
+                save(run)
         bar.close()
-        if step != saved_step:
-            save()
+        if run.step != run.saved_step:
+            save(run)
     finally:
         bar.close()
         for s, handler in handlers.items():  # from here on Ctrl-C interrupts as usual
             signal.signal(s, handler)
-    if stopped:
-        if rt.main:
-            print(f"stopped by signal at step {step}; checkpoint saved in {out}", flush=True)
-        return model
-    final = evaluate(model, data_dir, cfg, rt) if has_val else {}
-    log({"step": step, "final": True, **final})
-    if rt.main:
-        result = (f"val loss {final['val_loss']:.4f} nats/token, val bits per byte {final['val_bpb']:.4f} "
-                  f"(uniform over bytes: 8.0)" if has_val else "no val split to evaluate")
-        print(f"step {step}: {result}; checkpoint in {out}", flush=True)
-        final_report(out, data_dir, cfg, rt, has_val)
-    return model
+    return stopped
+
+
+def accumulate_gradients(run: Run, step_fn: torch.nn.Module, ddp: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward over grad_accum micro-batches, the gradients synchronised on the last one
+    only; returns this process's summed loss and the clipped gradients' (global) norm."""
+    cfg, rt = run.cfg, run.rt
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.device.type == "cuda")
+    loss_sum = torch.zeros((), device=rt.device)
+    for micro in range(cfg.grad_accum):
+        last = micro == cfg.grad_accum - 1
+        x, y = next(run.stream)
+        if rt.device.type == "cuda":
+            x, y = (t.pin_memory().to(rt.device, non_blocking=True) for t in (x, y))
+        if cfg.fsdp:
+            run.model.set_requires_gradient_sync(last)
+        with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast:
+            _, loss = step_fn(x, y)
+        (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    return loss_sum, grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+
+
+def optimizer_step(run: Run, loss: float, grad_norm: float) -> None:
+    """The optimizer step, which a NaN/inf loss or gradient norm refuses and after which a weight
+    NaN, inf or beyond checkpoint.WEIGHT_LIMIT stops the run: TrainingDiverged, nothing saved."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise diverged(run, run.step + 1, f"loss {loss}, gradient norm {grad_norm}")
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    if not weights_sound(run.model, run.rt):
+        raise diverged(run, run.step, f"the optimizer step made weights NaN, inf or larger than {checkpoint.WEIGHT_LIMIT:g}")
+
+
+def diverged(run: Run, step: int, problem: str) -> TrainingDiverged:
+    """The error that stops a run at `step`, saying where its last good checkpoint is."""
+    where = f"the last good checkpoint, step {run.saved_step}, is in {run.out}" if run.saved_step >= 0 else "no checkpoint was saved"
+    return TrainingDiverged(f"step {step}: {problem}; stopping without saving; {where}")
+
+
+def step_record(run: Run, speed: Throughput, dt: float, tok_s: float, *, lr: float, loss: float,
+                grad_norm: float) -> tuple[dict, dict]:
+    """The log record of the step just taken in `dt` seconds (with the val metrics every eval_every
+    steps), and the progress bar's postfix (`tok_s`: the smoothed rate it shows)."""
+    record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+              "tokens": run.step * speed.tokens, "tok_s": speed.tokens / dt, "minutes": run.minutes}
+    postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:.0f}"}
+    if speed.peak:
+        record["mfu"] = speed.flops / dt / (speed.peak * run.rt.world)
+        postfix["mfu"] = f"{record['mfu']:.1%}"
+    if run.step % run.cfg.eval_every == 0 and run.has_val:
+        record.update(evaluate(run.model, run.data_dir, run.cfg, run.rt, run.cfg.eval_batches))
+        postfix["val_bpb"] = f"{record['val_bpb']:.3f}"
+    return record, postfix
+
+
+def append_log(run: Run, record: dict) -> None:
+    """One record more in log.jsonl (the main process writes)."""
+    if run.rt.main:
+        with run.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save(run: Run) -> None:
+    """A checkpoint of `run` at its step (every process takes part: FSDP gathers the full state and
+    each process's RNG state is kept)."""
+    weights, optim_state = state_dicts(run.model, run.optimizer)
+    rng = [torch.get_rng_state()]
+    if run.rt.distributed:
+        rng = [None] * run.rt.world
+        dist.all_gather_object(rng, torch.get_rng_state())
+    if run.rt.main:
+        state = {"optimizer": optim_state, "minutes": run.minutes, "data": run.stream.state_dict(), "rng": rng}
+        checkpoint.save(run.out, weights, state, step=run.step, model_config=dataclasses.asdict(run.mc),
+                        train_config=dataclasses.asdict(run.cfg), data_dir=run.data_dir)
+    barrier(run.rt)
+    run.saved_step = run.step
 
 
 if __name__ == "__main__":
     one_line_warnings("train.py")
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError, BpeError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:
+    except (ConfigError, DataError, BpeError, CodecError, checkpoint.CheckpointError, TrainingDiverged, OSError) as e:
         sys.exit(f"train.py: {e}")

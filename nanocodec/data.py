@@ -4,13 +4,15 @@ Owns: `TokenStream`, the endless training batches: the split's shards read as on
 stream (memmaps, as in nanoGPT), cut into `context + 1`-token chunks every `context` tokens (the
 paper's concatenate-and-chunk: documents run into each other, <bos>/<eos> mark the seams), served
 in a seeded random order, epoch after epoch; `val_batches`, one walk over the val split in which
-every token but the <bos> of each document is a target exactly once; `codec_bytes` for
-bits-per-byte; `documents`, the token ids of each document (for prompts), and `document_lengths`.
+every token but the <bos> of each document is a target exactly once; `codec_bytes` and
+`bits_per_byte`, the one definition of bits per byte (train.py and nanocodec.eval use it);
+`documents`, the token ids of each document (for prompts), and `document_lengths`.
 Does not own: writing shards or their format (nanocodec.prepare), tokenization (nanocodec.bpe).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +165,14 @@ def codec_bytes(path: str | os.PathLike, split: str) -> int:
     if split not in splits:
         raise DataError(f"{path} has no split {split!r} (it has {sorted(splits)})")
     return int(splits[split]["codec_bytes"])
+
+
+def bits_per_byte(nats: float | np.ndarray, nbytes: float) -> float:
+    """The cross-entropy of a codec stream in bits per byte of it (8.0: uniform over byte values):
+    `nats`, the total over every predicted token (EOS included, each document's <bos> not), / ln 2 /
+    the stream's `nbytes`. `nats` may be the totals of parts of the stream (nanocodec.eval's
+    regions): each is turned into bits, then they are summed."""
+    return float(np.sum(np.asarray(nats, dtype=np.float64) / math.log(2)) / nbytes)
 
 
 def documents(path: str | os.PathLike, split: str) -> Iterator[np.ndarray]:

@@ -1,12 +1,12 @@
 """Evaluate a checkpoint the way the paper does: `python -m nanocodec.eval CHECKPOINT --data data/NAME ...`
 
 Owns three measurements and their report:
-- bits per byte of the val split, defined as in train.py (total cross-entropy over every predicted
-  token, EOS included, / ln 2 / codec bytes), and for a codec that labels regions (`Codec.regions`;
-  JPEG) split by region: headers (markers and segments outside the scan, EOI, and the EOS token),
-  entropy-coded data, restart markers. A token counts in the region of its first byte (with the
-  JPEG split pattern, RST markers are always tokens of their own); each region's bytes are the
-  bytes of its tokens, so the regions add up.
+- bits per byte of the val split (nanocodec.data.bits_per_byte: total cross-entropy over every
+  predicted token, EOS included, / ln 2 / codec bytes), and for a codec that labels regions
+  (`Codec.regions`; JPEG) split by region: headers (markers and segments outside the scan, EOI, and
+  the EOS token), entropy-coded data, restart markers. A token counts in the region of its first
+  byte (with the JPEG split pattern, RST markers are always tokens of their own); each region's
+  bytes are the bytes of its tokens, so the regions add up.
 - decode rate: of N samples (unconditional, or prompted from val images), how many the codec's
   validator accepts as they are; for JPEG also with constrained decoding.
 - prompted-completion FID (paper, section 5): the first N val images cut at each prompt ratio,
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from nanocodec import data
 from nanocodec.codecs import ENTROPY, HEADERS, JPEG, REGIONS, RESTART, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
-from nanocodec.sampling import complete, prompt_problem
+from nanocodec.sampling import PAPER_SAMPLING, complete, prompt_problem
 
 NO_TARGET = 255  # label of the BOS tokens, which are never predicted
 
@@ -65,9 +65,9 @@ class EvalConfig:
     seeds: int = 3  # FID runs per ratio, seeds seed, seed+1, ...; the report gives mean and std
     inception_weights: str = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
     constrain: bool = False  # FID completions with constrained decoding (the paper samples unconstrained)
-    temperature: float = 1.0  # softmax temperature of sampling; 0: greedy
-    top_k: int = 40  # sample among the k most likely tokens (paper: 40); 0 disables
-    top_p: float = 0.9  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
+    temperature: float = PAPER_SAMPLING["temperature"]  # softmax temperature of sampling; 0: greedy
+    top_k: int = PAPER_SAMPLING["top_k"]  # sample among the k most likely tokens (paper: 40); 0 disables
+    top_p: float = PAPER_SAMPLING["top_p"]  # nucleus: the most likely tokens holding this mass (paper: 0.9); 1 disables
     max_new_tokens: int = 0  # most tokens sampled per stream; 0: up to the model's context
     seed: int = 0  # seed of the sampling generators
     surprise: int = 0  # JPEG: EVAL_DIR/surprise.png, the first N val images beside the bits per MCU the model spends (nanocodec.surprise); a bare --surprise: 4
@@ -113,7 +113,8 @@ def stream_labels(path: str | Path, tokenizer, kind: str | Codec, split: str = "
 @torch.inference_mode()
 def bits_per_byte(model, tokenizer, path: str | Path, kind: str | Codec, *, context: int, batch_size: int,
                   max_batches: int = 0, progress: bool = True) -> dict:
-    """Val bits per byte (train.py's definition), split by region where the codec labels regions."""
+    """Val bits per byte (nanocodec.data's definition, as train.py's), split by region where the codec
+    labels regions."""
     labels = stream_labels(path, tokenizer, kind)
     manifest = data.manifest(path)
     if len(labels) != manifest["splits"]["val"]["tokens"]:
@@ -148,13 +149,13 @@ def bits_per_byte(model, tokenizer, path: str | Path, kind: str | Codec, *, cont
         raise EvalError(f"{path}: val tokens decode to {bytes_.sum()} bytes, the manifest counts {data.codec_bytes(path, 'val')}")
     bits = nats / math.log(2)
     result = {
-        "bits_per_byte": float(bits.sum() / max(bytes_.sum(), 1)),
+        "bits_per_byte": data.bits_per_byte(nats, max(bytes_.sum(), 1)),
         "tokens": int(tokens.sum()), "bytes": int(bytes_.sum()), "context": context,
         "whole_split": bool(complete),
     }
     if codec_for(kind).by_region:
         result["regions"] = {
-            name: {"bits_per_byte": float(bits[i] / bytes_[i]) if bytes_[i] else None, "bytes": int(bytes_[i]),
+            name: {"bits_per_byte": data.bits_per_byte(nats[i], bytes_[i]) if bytes_[i] else None, "bytes": int(bytes_[i]),
                    "tokens": int(tokens[i]), "share_of_bits": float(bits[i] / bits.sum()) if bits.sum() else None}
             for i, name in enumerate(REGIONS)
         }

@@ -24,6 +24,10 @@ from tqdm import tqdm
 
 from nanocodec.codecs import JPEG, Codec, codec_for
 
+# The paper's sampling defaults (section 5: top-p 0.9 and top-k 40, at temperature 1): the one
+# definition sample.py, nanocodec.eval, train.py's samples.png and nanocodec.hf's exports start from.
+PAPER_SAMPLING = {"temperature": 1.0, "top_k": 40, "top_p": 0.9}
+
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by a positive temperature (1 leaves them unchanged)."""

@@ -42,3 +42,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def smooth_images(count: int, size: int = 48, seed: int = 0) -> list:
+    """`count` size x size RGB images: colour waves of a frequency of their own plus Gaussian noise
+    (what JPEG codes compactly, yet no two alike)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for i in range(count):
+        base = np.stack([np.sin(xx / (3 + i % 7) + c) * np.cos(yy / (4 + i % 5)) for c in range(3)], -1)
+        pixels = np.clip(128 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+@pytest.fixture(scope="session")
+def prepared_images(tmp_path_factory):
+    """A maker of real prepared JPEG folders: `prepared_images(name, images, **options)` saves
+    `images` (a list of PIL images, or a count of `smooth_images`) as ROOT/images/im00.png, ...,
+    prepares them into ROOT/data with nanocodec.prepare (one worker, `options`) and returns ROOT."""
+    from nanocodec.prepare import prepare
+
+    def make(name: str, images, **options):
+        root = tmp_path_factory.mktemp(name)
+        (root / "images").mkdir()
+        for i, image in enumerate(smooth_images(images) if isinstance(images, int) else images):
+            image.save(root / "images" / f"im{i:02d}.png")
+        prepare("jpeg", str(root / "images"), root / "data", workers=1, **options)
+        return root
+
+    return make

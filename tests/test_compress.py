@@ -72,17 +72,12 @@ def picture(size: int, seed: int, smooth: float) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(prepared_images):
     """A Compressor of a model trained for a few steps on a prepared 32 px folder, and that folder."""
-    from nanocodec import prepare
     from nanocodec.data import TokenStream
 
-    root = tmp_path_factory.mktemp("trained")
-    images = root / "images"
-    images.mkdir()
-    for i in range(24):
-        picture(48, i, smooth=0.85).save(images / f"im{i:02d}.png")
-    prepare.prepare("jpeg", str(images), root / "data", size=32, merges=40, val_fraction=0.2, workers=1)
+    pictures = [picture(48, i, smooth=0.85) for i in range(24)]
+    root = prepared_images("trained", pictures, size=32, merges=40, val_fraction=0.2)
     tokenizer = Tokenizer.load(root / "data" / "tokenizer.json")
     torch.manual_seed(0)
     model = Llama(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,

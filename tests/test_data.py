@@ -162,3 +162,13 @@ def test_bad_folders_raise_data_error(folder, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(data.DataError, match="train_0001.bin"):
         data.TokenStream(broken, "train", CONTEXT, 2)
+
+
+def test_bits_per_byte_of_a_total_and_of_its_parts():
+    # ln 256 nats per byte is 8 bits per byte: a uniform guess over byte values.
+    assert data.bits_per_byte(10 * np.log(256), 10) == pytest.approx(8.0)
+    rng = np.random.default_rng(0)
+    parts, nbytes = rng.uniform(0, 1e4, 3), 4321
+    assert data.bits_per_byte(parts, nbytes) == pytest.approx(parts.sum() / np.log(2) / nbytes, rel=1e-12)
+    assert data.bits_per_byte(parts[1], nbytes) == parts[1] / np.log(2) / nbytes
+    assert isinstance(data.bits_per_byte(np.float64(1.0), np.int64(3)), float)

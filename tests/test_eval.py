@@ -173,20 +173,12 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory):
-    from nanocodec import checkpoint, prepare
+def checkpoint_dir(prepared_images):
+    from nanocodec import checkpoint
     from nanocodec.bpe import Tokenizer
     from nanocodec.model import Llama, ModelConfig
 
-    root = tmp_path_factory.mktemp("ckpt")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:48, 0:48]
-    for i in range(16):
-        pixels = np.stack([(x * (i + 1)) % 256, (y * 3 + 10 * i) % 256, rng.integers(0, 256, (48, 48))], -1)
-        Image.fromarray(pixels.astype(np.uint8)).save(images / f"im{i:02d}.png")
-    prepare.prepare("jpeg", str(images), root / "data", size=SIZE, merges=30, val_fraction=0.3, workers=1)
+    root = prepared_images("ckpt", 16, size=SIZE, merges=30, val_fraction=0.3)
     tokenizer = Tokenizer.load(root / "data" / "tokenizer.json")
     config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                          multiple_of=16, max_seq_len=1024)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nanocodec.bench.train import PlainLlama
 from nanocodec.model import PRESETS, Llama, ModelConfig
+from nanocodec.reference import PlainLlama
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -36,13 +36,12 @@ from tqdm import tqdm
 from nanocodec.codecs import JPEG
 from nanocodec.hf import HfError
 from nanocodec.model import ModelConfig
+from nanocodec.sampling import PAPER_SAMPLING
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 # The paper's JPEG settings (appendix D), recorded as a prepared manifest records them.
 PAPER_CODEC = JPEG().settings()
-# The paper's sampling defaults (section 5): what generation_config.json tells HF generate.
-PAPER_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 40, "top_p": 0.9}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _PER_LAYER = {  # HF name within a layer -> ours (q/k/v go to the fused wqkv)
     "self_attn.o_proj.weight": "attention.wo.weight",
@@ -399,7 +398,7 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     nanocodec_entry = {"kind": config.get("kind"), "codec": config.get("codec", {}), "step": config.get("step"),
                        "tokenizer": "sentencepiece-braille" if not isinstance(tokenizer, Tokenizer) else "bpe-latin1"}
     files = {"config.json": hf_config(c, dtype, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, {"nanocodec": nanocodec_entry}),
-             "generation_config.json": {**PAPER_SAMPLING, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+             "generation_config.json": {"do_sample": True, **PAPER_SAMPLING, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                                         "pad_token_id": tokenizer.pad_id, "max_length": c.max_seq_len}}
     if isinstance(tokenizer, Tokenizer):
         tokenizer.to_hf(out / "tokenizer.json")

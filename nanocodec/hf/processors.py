@@ -28,7 +28,7 @@ import torch
 
 from nanocodec.hf import HfError
 from nanocodec.codecs import JPEG
-from nanocodec.sampling import JpegConstraint, constrained_pick, filtered_probs
+from nanocodec.sampling import PAPER_SAMPLING, JpegConstraint, constrained_pick, filtered_probs
 
 # HF GenerationConfig's defaults, for what a folder's generation_config.json leaves out (top-k 50 and
 # top-p 1 are also the release script's defaults).
@@ -38,7 +38,7 @@ HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 def load_folder(path: str | Path) -> tuple[object, dict, dict]:
     """(tokenizer, codec settings or {}, sampling settings) of a nanocodec checkpoint or a HF folder."""
     from nanocodec import checkpoint
-    from nanocodec.hf.convert import PAPER_SAMPLING, load_hf_tokenizer
+    from nanocodec.hf.convert import load_hf_tokenizer
 
     path = Path(path)
     try:
@@ -47,8 +47,7 @@ def load_folder(path: str | Path) -> tuple[object, dict, dict]:
         raise HfError(f"{path}: no readable config.json ({e}); expected a nanocodec checkpoint or a HF model folder") from None
     if "version" in config and "model" in config:  # a nanocodec checkpoint
         config = checkpoint.load_config(path)
-        paper = {k: PAPER_SAMPLING[k] for k in HF_DEFAULTS}
-        return checkpoint.load_tokenizer(path / checkpoint.TOKENIZER), config.get("codec", {}), paper
+        return checkpoint.load_tokenizer(path / checkpoint.TOKENIZER), config.get("codec", {}), dict(PAPER_SAMPLING)
     tokenizer = load_hf_tokenizer(path, config.get("vocab_size"))
     sampling = dict(HF_DEFAULTS)
     if (path / "generation_config.json").is_file():
