@@ -504,7 +504,7 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
     from nanocodec import jpeg
     from nanocodec.eval import decode_image
     from nanocodec.sampling import complete
-    from sample import grid
+    from nanocodec.pictures import tile
 
     codec = bundle.config["codec"]
     quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
@@ -521,7 +521,8 @@ def completions_picture(bundle: checkpoint.Bundle, data_dir: Path, cfg: TrainCon
              *(decode_image(s.data, codec) for s in result.samples[i * COMPLETIONS:(i + 1) * COMPLETIONS]),
              jpeg.decode(stream, quality, subsampling)] for i, (prompt, stream) in enumerate(zip(prompts, streams))]
     scale = max(1, PICTURE_SIZE // codec["size"])
-    grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
+    scaled = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for row in rows for im in row]
+    tile(scaled, cols=len(rows[0]), cell=scaled[0].size).save(path)
     valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
     cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
     return (f"{path}: {len(streams)} val images | {COMPLETIONS} completions of their first {PROMPT_RATIO:.0%} "
