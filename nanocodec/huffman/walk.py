@@ -7,9 +7,10 @@ nanocodec.huffman.segments), `_scan` for the entropy-coded data (through the loo
 nanocodec.huffman.tables), and `_advance`, which validate, Validator.feed and repair share.
 Does not own any public name, nor how a state becomes a Report (nanocodec.huffman.validator).
 
-Speed: `_scan` and `_advance` read and rebuild the state by position, since attribute access and
-`_replace` would cost a large share of a one-token feed. tests/test_huffman.py checks those sites
-against `_State._fields`, so adding, removing or moving a field without updating them fails.
+Speed: `_scan` and `_advance` read and rebuild the state by position: reading the fields by name
+adds about 0.5 us to a one-token feed of about 8 us, and `_replace` doubles it. A test in
+tests/test_huffman.py checks those sites against `_State._fields`, so adding, removing or moving
+a field without updating them fails.
 """
 from __future__ import annotations
 
