@@ -11,6 +11,8 @@ import io
 import json
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -704,6 +706,16 @@ def test_cli(tmp_path, capsys):
     assert [r["ok"] for r in rows] == [True, False, False]
     assert rows[1]["mcus"] < 12 and "data ends" in rows[1]["error"]
     assert "cannot read" in rows[2]["error"] and "1 valid, 2 invalid" in out.err
+
+
+def test_python_m_runs_the_cli(tmp_path):
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(REFERENCE)
+    bad.write_bytes(REFERENCE[:-40])
+    run = subprocess.run([sys.executable, "-m", "nanocodec.huffman", str(good), str(bad)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stdout.startswith(f"{good}: ok (12/12 MCUs")
+    assert f"{bad}: INVALID" in run.stdout and "1 valid, 1 invalid" in run.stderr
 
 
 def _state_site_problems(source: str, fields: tuple[str, ...]) -> list[str]:
