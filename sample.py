@@ -27,6 +27,7 @@ from PIL import Image
 from nanocodec import jpeg
 from nanocodec.codecs import VIDEO_EXTENSIONS, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
+from nanocodec.pictures import tile
 from nanocodec.sampling import PAPER_SAMPLING, complete, prompt_problem
 
 
@@ -82,17 +83,6 @@ def prompt_files(path: Path) -> list[Path]:
     if not path.is_file():
         raise SampleError(f"--prompt {path}: no such file or folder")
     return [path]
-
-
-def grid(rows: list[list[Image.Image]], gap: int = 2) -> Image.Image:
-    """Rows of equal-size tiles on a white sheet."""
-    w, h = rows[0][0].size
-    cols = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (cols * w + (cols - 1) * gap, len(rows) * h + (len(rows) - 1) * gap), (255, 255, 255))
-    for i, row in enumerate(rows):
-        for j, tile in enumerate(row):
-            sheet.paste(tile.resize((w, h)), (j * (w + gap), i * (h + gap)))
-    return sheet
 
 
 def save_image_sample(data: bytes, ok: bool, codec: Codec, path: Path) -> tuple[Image.Image | None, bool]:
@@ -176,11 +166,11 @@ def run_images(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: to
             unreadable += im is None
             tiles.append(im or blank)
         if original is None:
-            cols = min(8, len(tiles))
-            grid([tiles[i : i + cols] for i in range(0, len(tiles), cols)]).save(out / f"{name}_grid.png")
+            tile(tiles, cols=8, cell=tiles[0].size).save(out / f"{name}_grid.png")
         else:
             given = codec.to_images(prefix)[0]  # missing MCUs come back flat gray
-            grid([[given, *tiles, codec.to_images(original)[0]]]).save(out / f"{name}_grid.png")
+            row = [given, *tiles, codec.to_images(original)[0]]
+            tile(row, cols=len(row), cell=given.size).save(out / f"{name}_grid.png")
     valid = sum(s.ok for s in result.samples)
     prompt_tokens = [tokens for *_, tokens in jobs for _ in range(cfg.num_samples)]
     return dict(prompts=len(jobs) if cfg.prompt else 0, skipped=skipped, samples=len(result.samples), valid=valid,

@@ -499,7 +499,7 @@ def completions_picture(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path,
     from PIL import Image
 
     from nanocodec.eval import decode_image
-    from sample import grid
+    from nanocodec.pictures import tile
 
     context = bundle.model.config.max_seq_len
     fitting = (doc for doc in documents(data_dir, "val") if len(doc) + 2 <= context)  # with <bos> and <eos>
@@ -514,7 +514,8 @@ def completions_picture(bundle: checkpoint.Bundle, codec: Codec, data_dir: Path,
     rows = [[decode_image(data, codec) for data in (prompt, *completions[i * COMPLETIONS:(i + 1) * COMPLETIONS], stream)]
             for i, (prompt, stream) in enumerate(zip(prompts, streams))]
     scale = max(1, PICTURE_SIZE // max(codec.frame_size))
-    grid([[tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) for tile in row] for row in rows]).save(path)
+    scaled = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for row in rows for im in row]
+    tile(scaled, cols=len(rows[0]), cell=scaled[0].size).save(path)
     valid, cut = sum(s.ok for s in result.samples), sum(not s.finished for s in result.samples)
     cut_note = f", {cut} cut off by the context of {context} tokens (repaired)" if cut else ""
     return (f"{path}: {len(streams)} val images | {COMPLETIONS} completions of their first {PROMPT_RATIO:.0%} "

@@ -43,6 +43,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels._util import interpreted, last_dim_contiguous
+
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -441,10 +443,6 @@ DELTA_BLOCK = 64
 INTERPRETER_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 
 
-def _use_interpreter(t: torch.Tensor) -> bool:
-    return not t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _bucket(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -472,10 +470,6 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
                          f"{v.device})")
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     b, hq, tq, d = q.shape
@@ -485,7 +479,7 @@ def _launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     args = (q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             hq, hq // hkv, tq, tk, scale * LOG2E, _bucket(tq), _bucket(tk))
     meta = dict(CAUSAL=causal, HEAD_DIM=d, PRECISION=_precision(q))
-    if _use_interpreter(q):
+    if interpreted(q):
         block_m, block_n = INTERPRETER_BLOCKS["fwd"]
         _attn_fwd[(triton.cdiv(tq, block_m), hq, b)](*args, BLOCK_M=block_m, BLOCK_N=block_n,
                                                       **meta)
@@ -499,9 +493,9 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, hq, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
-    do = _last_dim_contiguous(do)
+    do = last_dim_contiguous(do)
     delta = torch.empty_like(lse)
-    delta_block = 32 if _use_interpreter(q) else DELTA_BLOCK
+    delta_block = 32 if interpreted(q) else DELTA_BLOCK
     _attn_bwd_delta[(triton.cdiv(tq, delta_block), hq, b)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], hq, tq, BLOCK_M=delta_block, HEAD_DIM=d)
 
@@ -514,7 +508,7 @@ def _launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common, *dk.stride()[:3], *dv.stride()[:3],
                  hq, hq // hkv, *sizes)
     dq_args = (q, k, v, do, lse, delta, dq, *common, *dq.stride()[:3], hq, hq // hkv, *sizes)
-    if _use_interpreter(q):
+    if interpreted(q):
         block_m, block_n = INTERPRETER_BLOCKS["dkdv"]
         _attn_bwd_dkdv[(triton.cdiv(tk, block_n), hkv, b)](*dkdv_args, BLOCK_M=block_m,
                                                             BLOCK_N=block_n, **meta)
@@ -547,7 +541,7 @@ def decode_splits(q: torch.Tensor, k: torch.Tensor) -> int:
     if tq > DECODE_MAX_TQ or (hq // hkv) * tq > DECODE_MAX_ROWS or os.environ.get(
             "NANOCODEC_SPLIT_K", "1") == "0":
         return 1
-    if _use_interpreter(q):
+    if interpreted(q):
         programs = INTERPRETER_DECODE_PROGRAMS
     else:  # two waves of programs over the SMs
         programs = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -571,7 +565,7 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     hkv, tk = k.shape[1], k.shape[2]
     group = hq // hkv
     block_m = max(16, triton.next_power_of_2(group * tq))
-    if _use_interpreter(q):
+    if interpreted(q):
         block_n, meta = 16, {}
     else:
         arch = config_arch(torch.cuda.get_device_capability(q.device))
@@ -661,7 +655,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
         raise ValueError(f"attention: unsupported dtype {q.dtype} (float32, float16, bfloat16)")
     if q.numel() == 0:
         return attention_torch(q, k, v, causal, scale)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not needs_grad:
         splits = decode_splits(q, k)

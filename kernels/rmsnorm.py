@@ -18,11 +18,11 @@ dw in registers together: their backward reads each row in chunks, twice, and ac
 partial in memory (a row of the same partial buffer that no other program touches). Row offsets are int64: tensors past 2^31 elements
 are fine.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels._util import interpreted, last_dim_contiguous
 
 MAX_COLS = 16384
 
@@ -107,14 +107,13 @@ def _num_warps(block: int) -> int:
 
 
 def _num_programs(x: torch.Tensor, rows: int) -> int:
-    if not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted(x):
         return min(rows, 4)
     return min(rows, 2 * torch.cuda.get_device_properties(x.device).multi_processor_count)
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
+    return last_dim_contiguous(t.reshape(-1, t.shape[-1]))
 
 
 # Custom ops, so autograd and torch.compile see one opaque node per call (see attention.py).

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._util import last_dim_contiguous
+
 
 @triton.jit
 def _rotate_tile(X, OUT, stride_xt, stride_ot, offs_t, offs_d, mask, c1, c2, sa, sb,
@@ -84,7 +86,7 @@ def token_blocks(half: int) -> list[int]:
 
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             positions: torch.Tensor | None, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, cos, sin = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, cos, sin))
+    q, k, cos, sin = (last_dim_contiguous(x) for x in (q, k, cos, sin))
     b, hq, t, d = q.shape
     hkv = k.shape[1]
     qo = torch.empty(q.shape, device=q.device, dtype=q.dtype)

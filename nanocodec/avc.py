@@ -26,6 +26,8 @@ import numpy as np
 from av.video.reformatter import ColorRange
 from PIL import Image
 
+from nanocodec.pictures import tile
+
 Source = Union[str, os.PathLike, Sequence[Union[np.ndarray, Image.Image]]]
 
 # The paper's ffmpeg flags, under the same names libavcodec gives them (generic or libx264-private).
@@ -669,14 +671,7 @@ def filmstrip(frames: Sequence[np.ndarray], path: str | os.PathLike, cols: int =
     """Frames laid out left to right, top to bottom, `cols` per row, 2-pixel gaps; saved as PNG."""
     if not len(frames):
         raise ValueError(f"filmstrip: no frames to write to {os.fspath(path)}")
-    height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
-    cols = max(1, min(cols, len(frames)))
-    rows = -(-len(frames) // cols)
-    gap = 2
-    sheet = Image.new("RGB", (cols * (width + gap) - gap, rows * (height + gap) - gap), (40, 40, 40))
-    for i, frame in enumerate(frames):
-        sheet.paste(Image.fromarray(np.asarray(frame, np.uint8)),
-                    ((i % cols) * (width + gap), (i // cols) * (height + gap)))
+    sheet = tile([Image.fromarray(np.asarray(frame, np.uint8)) for frame in frames], cols, background=(40, 40, 40))
     sheet.save(path, format="PNG")
     return sheet
 

@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -45,6 +44,8 @@ from typing import Iterable, NamedTuple, Sequence, Union
 import numpy as np
 import regex
 from tqdm import tqdm
+
+from nanocodec.files import write_atomic
 
 SPLIT_PATTERNS: dict[str, bytes] = {
     # RST markers, and the SOS segment (6 + 2 * components bytes, no FF inside) so that the first
@@ -485,7 +486,7 @@ class Tokenizer:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
-        _write_atomic(path, self.to_json())
+        write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
@@ -544,24 +545,12 @@ class Tokenizer:
                 "vocab": vocab, "merges": [[strings[a], strings[b]] for a, b in self.merges],
             },
         }
-        _write_atomic(path, json.dumps(hf, ensure_ascii=False))
+        write_atomic(path, json.dumps(hf, ensure_ascii=False))
 
 
 def _oniguruma(pattern: bytes) -> str:
     """A built-in split pattern (only \\xHH escapes, classes and groups) over latin-1 characters."""
     return regex.sub(r"\\x([0-9a-f]{2})", r"\\x{\1}", pattern.decode("ascii"))
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from nanocodec.files import fsync, write_atomic
 from nanocodec.model import Llama, ModelConfig
 
 VERSION = 1
@@ -57,14 +58,6 @@ class Bundle:
     tokenizer: Any
     config: dict
     manifest: dict
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @functools.lru_cache(maxsize=64)
@@ -159,13 +152,12 @@ def save_files(
     else:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS, metadata={"step": str(step)})
     torch.save({**state, "step": step}, staging / STATE)
-    (staging / TOKENIZER).write_text(tokenizer_text)
-    (staging / MANIFEST).write_text(manifest_text)
-    for name in CHECKSUMMED:
-        _fsync(staging / name)
+    fsync(staging / WEIGHTS)
+    fsync(staging / STATE)
+    write_atomic(staging / TOKENIZER, tokenizer_text)
+    write_atomic(staging / MANIFEST, manifest_text)
     config["files"] = {name: sha256(staging / name) for name in CHECKSUMMED}
-    (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    _fsync(staging / CONFIG)
+    write_atomic(staging / CONFIG, json.dumps(config, indent=2) + "\n")
 
     previous = out / PREVIOUS
     if _is_complete(out):  # it becomes the fallback; else previous/ already holds the last whole one
@@ -181,7 +173,7 @@ def save_files(
         os.replace(linking, previous)
     for name in FILES:
         os.replace(staging / name, out / name)
-    _fsync(out)
+    fsync(out)
     shutil.rmtree(staging, ignore_errors=True)
     if not _is_complete(out):  # the disk lost what was just written: previous/ stays the fallback
         raise CheckpointError(f"{out}: the checkpoint of step {step} does not read back whole after the save; "

@@ -56,6 +56,7 @@ import torch
 
 from nanocodec import jpeg
 from nanocodec.codecs import JPEG, codec_for
+from nanocodec.files import write_atomic
 
 MAGIC = b"NCLM"
 VERSION = 1
@@ -393,11 +394,9 @@ class Compressor:
 
 
 def _write(path: Path, data: bytes, overwrite: bool) -> None:
-    from nanocodec.prepare import _write_atomic
-
     if path.exists() and not overwrite:
         raise CompressError(f"{path} exists; pass --overwrite to replace it")
-    _write_atomic(path, data)
+    write_atomic(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

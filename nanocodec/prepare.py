@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from nanocodec import avc, bpe, demo, jpeg
 from nanocodec.codecs import AVC, CODECS, JPEG, Codec, CodecError, codec_for
+from nanocodec.files import write_atomic
 
 SPLITS = ("train", "val")
 STATE = ".prepare"
@@ -305,21 +306,6 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 # ------------------------------------------------------------------------------- output folder
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        # os.open rather than mkstemp so the file gets the usual umask permissions, not 0600.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
@@ -345,8 +331,8 @@ def _write_shard(out: Path, name: str, files: list[str], results: list[tuple[Any
     offsets = np.zeros(len(docs) + 1, dtype="<i8")
     np.cumsum([len(d) for d in docs], out=offsets[1:])
     tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
-    _write_atomic(out / f"{name}.bin", tokens.astype("<u2").tobytes())
-    _write_atomic(out / f"{name}.idx", offsets.tobytes())
+    write_atomic(out / f"{name}.bin", tokens.astype("<u2").tobytes())
+    write_atomic(out / f"{name}.idx", offsets.tobytes())
     record = {
         "files": len(files),
         "documents": len(docs),
@@ -354,7 +340,7 @@ def _write_shard(out: Path, name: str, files: list[str], results: list[tuple[Any
         "codec_bytes": sum(r[0] for r, _ in results if r is not None),
         "skipped": [{"path": f, "reason": why} for f, (r, why) in zip(files, results) if r is None],
     }
-    _write_atomic(out / STATE / f"{name}.json", _json_bytes(record))
+    write_atomic(out / STATE / f"{name}.json", _json_bytes(record))
     return record
 
 
@@ -393,7 +379,7 @@ def _claim(out: Path, run: dict) -> None:
     (out / STATE).mkdir(parents=True, exist_ok=True)
     for leftover in (out / STATE).glob("*.tmp"):  # a run killed before its run.json was in place
         leftover.unlink()
-    _write_atomic(state, _json_bytes(run))
+    write_atomic(state, _json_bytes(run))
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -446,7 +432,7 @@ def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], codec:
               file=sys.stderr)
         tok = bpe.train(corpus, merges, split=codec.split)
         origin = {"trained_on_files": len(corpus), "trained_on_bytes": sum(map(len, corpus))}
-        _write_atomic(out / STATE / "tokenizer.json", _json_bytes(origin))
+        write_atomic(out / STATE / "tokenizer.json", _json_bytes(origin))
     if tok.vocab_size > 2**16:
         raise PrepareError(f"tokenizer has {tok.vocab_size} ids; shards store uint16 (at most 65536)")
     try:
@@ -454,7 +440,7 @@ def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], codec:
     except KeyError as e:
         raise PrepareError(f"tokenizer {given or path}: {e.args[0]}") from None
     if not path.exists() or path.read_text() != tok.to_json():
-        _write_atomic(path, tok.to_json().encode("utf-8"))  # the text whose hash tok.sha256 is
+        write_atomic(path, tok.to_json().encode("utf-8"))  # the text whose hash tok.sha256 is
     return tok, origin
 
 
@@ -592,7 +578,7 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
         "ignored": src.ignored,
         "versions": run["versions"],
     }
-    _write_atomic(out / MANIFEST, _json_bytes(manifest))
+    write_atomic(out / MANIFEST, _json_bytes(manifest))
     print(_summary(out, manifest), file=sys.stderr)
     return manifest
 

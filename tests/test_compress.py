@@ -22,7 +22,7 @@ from PIL import Image
 
 from nanocodec import checkpoint, jpeg
 from nanocodec.bpe import Tokenizer
-from nanocodec.compress import PRECISION, CompressError, Compressor, Container, main, model_stream, quantize
+from nanocodec.compress import CompressError, Compressor, Container, main, model_stream, quantize
 from nanocodec.model import Llama, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,10 +5,14 @@ coefficient symbols with the standard tables (read from Pillow, not from the mod
 it covers the sampling factors Pillow cannot write (4:4:0, 4:1:1), edge MCUs of any image size,
 coefficient 63, ZRL runs, and lets a test write exactly one rule violation.
 """
+import ast
+import inspect
 import io
 import json
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nanocodec import huffman, jpeg
-from nanocodec.huffman import RepairError, Validator, repair, validate
+from nanocodec.huffman import RepairError, Validator, repair, tables, validate, walk
 
 SAMPLINGS = {"4:4:4": (1, 1), "4:2:2": (2, 1), "4:2:0": (2, 2), "4:4:0": (1, 2), "4:1:1": (4, 1)}
 
@@ -186,7 +190,7 @@ def flat(mcu, index):
 
 def test_standard_tables_are_libjpegs():
     """The implied tables of abbreviated streams are exactly the ones Pillow/libjpeg writes."""
-    ours = huffman._STANDARD_DHT
+    ours = tables._STANDARD_DHT
     theirs = b"".join(bytes((cls << 4 | tid,)) + b"".join(TABLES[cls, tid])
                       for tid in (0, 1) for cls in (0, 1))
     assert ours == theirs
@@ -702,3 +706,49 @@ def test_cli(tmp_path, capsys):
     assert [r["ok"] for r in rows] == [True, False, False]
     assert rows[1]["mcus"] < 12 and "data ends" in rows[1]["error"]
     assert "cannot read" in rows[2]["error"] and "1 valid, 2 invalid" in out.err
+
+
+def test_python_m_runs_the_cli(tmp_path):
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(REFERENCE)
+    bad.write_bytes(REFERENCE[:-40])
+    run = subprocess.run([sys.executable, "-m", "nanocodec.huffman", str(good), str(bad)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stdout.startswith(f"{good}: ok (12/12 MCUs")
+    assert f"{bad}: INVALID" in run.stdout and "1 valid, 1 invalid" in run.stderr
+
+
+def _state_site_problems(source: str, fields: tuple[str, ...]) -> list[str]:
+    """Where the walk's positional state sites disagree with `fields`: every tuple unpacking of
+    `st` and every all-positional `_State(...)` call must give each field in its place (a name
+    there must be the field's own, or `_`), and a call either gives all fields or only the four
+    that have no default (a fresh walk)."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple) and \
+                isinstance(node.value, ast.Name) and node.value.id == "st":
+            names = [elt.id for elt in node.targets[0].elts]
+            if len(names) != len(fields) or any(n not in ("_", f) for n, f in zip(names, fields)):
+                problems.append(f"line {node.lineno}: unpacks {names}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_State":
+            if not node.keywords and len(node.args) not in (4, len(fields)):
+                problems.append(f"line {node.lineno}: gives {len(node.args)} of {len(fields)}")
+            for arg, field in zip(node.args, fields):
+                if isinstance(arg, ast.Name) and not arg.id.startswith("_") and arg.id != field:
+                    problems.append(f"line {node.lineno}: {arg.id} in the place of {field}")
+    return problems
+
+
+def test_walk_state_sites_follow_the_state_fields():
+    """The walk reads and rebuilds its state by position, for speed: a field added, removed or
+    moved in _State without updating those sites must fail here, not shift values silently."""
+    fields = walk._State._fields
+    source = inspect.getsource(walk)
+    assert _state_site_problems(source, fields) == []
+    # _advance rebuilds the first three fields and copies the rest; fresh walks give four.
+    assert fields[:4] == ("phase", "base", "pending", "header")
+    assert set(walk._State._field_defaults) == set(fields[4:])
+    # The check itself sees a field added at the end or in the middle, and a swap.
+    assert _state_site_problems(source, fields + ("extra",))
+    assert _state_site_problems(source, fields[:6] + ("extra",) + fields[6:])
+    assert _state_site_problems(source, fields[:5] + (fields[6], fields[5]) + fields[7:])
