@@ -45,11 +45,18 @@ def unsupported(what: str) -> Dead:
     return Dead(f"unsupported: {what}")
 
 
+def _only(read, feature: str):
+    """read(), whose refusals all mean a feature outside the supported set."""
+    try:
+        return read()
+    except Dead:
+        raise unsupported(feature) from None
+
+
 def parse_sps(r: Reader, rbsp: bytes) -> Sps:
     """Read an SPS; `rbsp` is the NAL's payload (what a repeat is compared by, as FFmpeg does)."""
-    profile = r.u(8)
-    if profile not in _BASELINE_LIKE:
-        raise unsupported(f"profile_idc {profile} (only Baseline, Main and Extended SPS syntax)")
+    _only(lambda: r.u_of(8, _BASELINE_LIKE, "profile_idc"),
+          "profile_idc other than 66, 77 or 88 (High-profile SPS syntax)")
     r.u(6)  # constraint_set0..5_flag
     r.u_of(2, (0,), "reserved_zero_2bits")
     r.u(8)  # level_idc
@@ -87,9 +94,8 @@ def _max_height_mbs(width_mbs: int) -> int:
 
 def _vui(r: Reader, max_refs: int) -> None:
     if r.u(1):  # aspect_ratio_info_present_flag
-        idc = r.u(8)
-        if 16 < idc < 255:
-            raise Dead(f"aspect_ratio_idc {idc} is reserved (FFmpeg refuses it)")
+        idc = r.u_fits(8, lambda lo, hi: lo <= 16 or hi == 255,
+                       "aspect_ratio_idc (17..254 are reserved; FFmpeg refuses them)")
         if idc == 255:
             r.u(16), r.u(16)  # sar_width, sar_height
     if r.u(1):  # overscan_info_present_flag
@@ -141,8 +147,7 @@ def parse_pps(r: Reader, rbsp: bytes, spss: dict[int, Sps]) -> Pps:
         raise unsupported("CABAC (entropy_coding_mode_flag 1)")
     if r.u(1):
         raise unsupported("bottom_field_pic_order_in_frame_present_flag 1")
-    if r.ue(0, 7, "num_slice_groups_minus1"):
-        raise unsupported("slice groups (FMO)")
+    _only(lambda: r.ue_of((0,), "num_slice_groups_minus1"), "slice groups (FMO)")
     refs = r.ue(0, 31, "num_ref_idx_l0_default_active_minus1") + 1
     r.ue(0, 31, "num_ref_idx_l1_default_active_minus1")
     if r.u(1):
