@@ -256,7 +256,10 @@ def parse_slice(rbsp: bytes, seq: Seq, header: int, progress: Progress | None) -
             finally:
                 pos, step, counts = box[0]
                 saved[0] = progress = Progress(pos, head, progress.plan, step, counts)
-        return r.trailing("slice"), head.after
+        try:
+            return r.trailing("slice"), head.after
+        except Dead:  # FFmpeg would read another macroblock here
+            raise unsupported("slices of several macroblocks (more data after the first)") from None
     except More:
         return saved[0] or _NOTHING
 
