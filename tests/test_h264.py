@@ -373,3 +373,53 @@ def test_cli_reports_each_file_and_fails_on_any_invalid(tmp_path):
     assert lines[0].startswith(f"{good}: ok (15 pictures") and lines[1].startswith(f"{bad}: INVALID at byte")
     ok = subprocess.run([sys.executable, "-m", "nanocodec.h264", str(good)], capture_output=True)
     assert ok.returncode == 0
+
+
+def skip_picture(frame_num, override=(1, 1), modification=(), skip_run=1, slice_type=5):
+    """A P picture of P_Skip macroblocks for the small stream's SPS/PPS: `override` is the
+    num_ref_idx_active_override (flag, then the count), `modification` the (idc, value) pairs."""
+    data = small()
+    sps_nal, pps_nal = avc.nal_units(data)[:2]
+    sps = parse_sps(Reader(avc_rbsp(data, sps_nal)), avc_rbsp(data, sps_nal))
+    pps = parse_pps(Reader(avc_rbsp(data, pps_nal)), avc_rbsp(data, pps_nal), {sps.id: sps})
+    out = b""
+    for mb in range(sps.width_mbs * sps.height_mbs):
+        b = Bits().ue(mb).ue(slice_type).ue(pps.id).u(sps.log2_max_frame_num, frame_num)
+        b.u(1, override[0])
+        if override[0]:
+            b.ue(override[1] - 1)
+        b.u(1, bool(modification))
+        for idc, value in modification:
+            b.ue(idc).ue(value)
+        if modification:
+            b.ue(3)
+        b.u(1, 0).se(0)  # adaptive_ref_pic_marking_mode_flag, slice_qp_delta
+        if pps.deblocking_control:
+            b.ue(0).se(0).se(0)
+        b.ue(skip_run)
+        out += b.nal(0x41)
+    return out
+
+
+@pytest.mark.parametrize("name,pictures,ok", [
+    ("P_Skip pictures", [(1,), (2, (1, 2))], True),
+    ("the PPS's three references by default, one decoded", [(1, (0,))], False),
+    ("two references, one decoded", [(1, (1, 2))], False),
+    ("reordered to the one reference", [(1, (1, 1), [(0, 0)])], True),
+    ("reordered to the second newest", [(1,), (2, (1, 2), [(0, 1)])], True),
+    ("reordered to a missing reference", [(1, (1, 1), [(0, 1)])], False),
+    ("frame_num gap", [(2,)], "stricter"),  # 7.4.3: no gaps unless the SPS allows them; FFmpeg fills them in
+    ("frame_num repeated", [(1,), (1,)], False),
+    ("P slices of type 0", [(1, (1, 1), (), 1, 0)], True),
+])
+def test_reference_rules_as_ffmpeg_checks(name, pictures, ok):
+    stream = intra_picture(i16(3)) + b"".join(skip_picture(*args) for args in pictures)
+    if ok == "stricter":
+        assert not validate(stream).ok and avc.validate(stream).ok
+    else:
+        assert agrees_with_ffmpeg(stream).ok == ok, name
+
+
+def test_skip_runs_over_several_macroblocks_are_unsupported():
+    report = validate(intra_picture(i16(3)) + skip_picture(1, skip_run=2))
+    assert not report.ok and report.reason.startswith("unsupported: slices of several macroblocks")
