@@ -113,7 +113,14 @@ class Reader:
     def _golomb(self) -> int:
         """The code number k of an exp-Golomb code; when cut off raises _Cut(a, b): the k it may
         still become lie in a..b (b None: unbounded)."""
-        left, rest = self._rest()
+        left = self.size - self.pos
+        if left >= 64:  # the common case: the whole code lies in the next 64 bits
+            window = (self.value >> (left - 64)) & 0xFFFFFFFFFFFFFFFF
+            zeros = 64 - window.bit_length()
+            if zeros <= 31:
+                self.pos += 2 * zeros + 1
+                return (window >> (63 - 2 * zeros)) - 1
+        rest = self.value & ((1 << left) - 1)
         if not rest:
             raise _Cut((1 << left) - 1, None, left)
         zeros = left - rest.bit_length()

@@ -40,6 +40,7 @@ class Pps(NamedTuple):
     sps_id: int
     raw: bytes
     num_ref_idx_default: int
+    num_ref_idx_l1_default: int  # unused by P slices, yet FFmpeg refuses one above 16 there
     pic_init_qp: int
     deblocking_control: bool
 
@@ -152,7 +153,7 @@ def parse_pps(r: Reader, rbsp: bytes, spss: dict[int, Sps]) -> Pps:
         raise unsupported("bottom_field_pic_order_in_frame_present_flag 1")
     _only(lambda: r.ue_of((0,), "num_slice_groups_minus1"), "slice groups (FMO)")
     refs = r.ue(0, 31, "num_ref_idx_l0_default_active_minus1") + 1
-    r.ue(0, 31, "num_ref_idx_l1_default_active_minus1")
+    refs_l1 = r.ue(0, 31, "num_ref_idx_l1_default_active_minus1") + 1
     if r.u(1):
         raise unsupported("weighted prediction")
     r.u_in(2, 0, 2, "weighted_bipred_idc")
@@ -165,7 +166,7 @@ def parse_pps(r: Reader, rbsp: bytes, spss: dict[int, Sps]) -> Pps:
         raise unsupported("redundant pictures (redundant_pic_cnt_present_flag 1)")
     _no_extension(r, "PPS", "PPS extension (transform_8x8_mode_flag: High profile)")
     end = r.trailing("PPS")
-    return Pps(pps_id, sps_id, rbsp[:end], refs, qp, deblocking)
+    return Pps(pps_id, sps_id, rbsp[:end], refs, refs_l1, qp, deblocking)
 
 
 def _no_extension(r: Reader, what: str, extension: str) -> None:

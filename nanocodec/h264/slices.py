@@ -183,9 +183,10 @@ def _poc_lsb(r: Reader, seq: Seq, sps: Sps, idr: bool, ref: bool) -> tuple[int, 
 def _ref_counts(r: Reader, pps: Pps, sps: Sps, refs: tuple[int, ...], frame_num: int) -> int:
     """num_ref_idx_active_override and ref_pic_list_modification; returns the active count."""
     active = pps.num_ref_idx_default
-    must = active > len(refs)
+    # FFmpeg checks both lists' defaults against 16, even in P slices; an override sets list 1 to one.
+    must = active > len(refs) or pps.num_ref_idx_l1_default > 16
     if r.flag_is(True if must else None, "num_ref_idx_active_override_flag (more references "
-                 "by default than decoded)"):
+                 "by default than decoded, or over 16)"):
         active = r.ue(0, min(31, len(refs) - 1), "num_ref_idx_l0_active_minus1 (below the "
                       "references decoded)") + 1
     if r.u(1):  # ref_pic_list_modification_flag_l0
