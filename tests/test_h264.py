@@ -263,25 +263,45 @@ class Bits:
         self.bits.append(text)
         return self
 
-    def nal(self, header):
+    def rbsp(self):
         bits = "".join(self.bits) + "1"
         bits += "0" * (-len(bits) % 8)
-        return b"\x00\x00\x00\x01" + bytes([header]) + escape(int(bits, 2).to_bytes(len(bits) // 8, "big"))
+        return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+    def nal(self, header):
+        return b"\x00\x00\x00\x01" + bytes([header]) + escape(self.rbsp())
 
 
-def intra_picture(macroblock, special=0):
-    """The small stream's SPS and PPS, then one IDR picture of hand-made I slices: every
-    macroblock is `macroblock(Bits, index)`'s, except that index `special` may differ."""
+@lru_cache(maxsize=None)
+def small_params():
+    """The small stream's SPS and PPS NAL units, and what they say."""
     data = small()
-    nals = avc.nal_units(data)
-    sps_nal, pps_nal = (n for n in nals[:2])
+    sps_nal, pps_nal, first_slice = avc.nal_units(data)[:3]
     sps = parse_sps(Reader(avc_rbsp(data, sps_nal)), avc_rbsp(data, sps_nal))
     pps = parse_pps(Reader(avc_rbsp(data, pps_nal)), avc_rbsp(data, pps_nal), {sps.id: sps})
-    out = data[:nals[2].offset]
+    return data[:first_slice.offset], sps, pps
+
+
+@lru_cache(maxsize=None)
+def poc_type0_params():
+    """A hand-made SPS (64x48, POC type 0 with 16 lsb values, one reference) and PPS."""
+    sps_bits = Bits().u(8, 66).u(8, 0xC0).u(8, 10).ue(0).ue(0).ue(0).ue(0).ue(1).u(1, 0)
+    sps_bits.ue(3).ue(2).u(1, 1).u(1, 1).u(1, 0).u(1, 0)  # 4x3 macroblocks, frames, no crop/VUI
+    pps_bits = Bits().ue(0).ue(0).u(1, 0).u(1, 0).ue(0).ue(0).ue(0).u(1, 0).u(2, 0)
+    pps_bits.se(11).se(0).se(0).u(1, 1).u(1, 0).u(1, 0)  # QP 37, deblocking control present
+    sps = parse_sps(Reader(sps_bits.rbsp()), b"")
+    pps = parse_pps(Reader(pps_bits.rbsp()), b"", {sps.id: sps})
+    return sps_bits.nal(0x67) + pps_bits.nal(0x68), sps, pps
+
+
+def intra_picture(macroblock, special=0, params=None, lsb=0, idr_id=0):
+    """SPS and PPS (the small stream's by default), then one IDR picture of hand-made I slices:
+    every macroblock is `macroblock(Bits, index)`'s, except that index `special` may differ."""
+    out, sps, pps = params or small_params()
     for mb in range(sps.width_mbs * sps.height_mbs):
-        b = Bits().ue(mb).ue(7).ue(pps.id).u(sps.log2_max_frame_num, 0).ue(0)
+        b = Bits().ue(mb).ue(7).ue(pps.id).u(sps.log2_max_frame_num, 0).ue(idr_id)
         if sps.poc_type == 0:
-            b.u(sps.log2_max_poc_lsb, 0)
+            b.u(sps.log2_max_poc_lsb, lsb)
         b.u(1, 0).u(1, 0).se(0)  # dec_ref_pic_marking, slice_qp_delta
         if pps.deblocking_control:
             b.ue(0).se(0).se(0)
@@ -369,16 +389,16 @@ def test_cli_reports_each_file_and_fails_on_any_invalid(tmp_path):
     assert ok.returncode == 0
 
 
-def skip_picture(frame_num, override=(1, 1), modification=(), skip_run=1, slice_type=5):
-    """A P picture of P_Skip macroblocks for the small stream's SPS/PPS: `override` is the
-    num_ref_idx_active_override (flag, then the count), `modification` the (idc, value) pairs."""
-    data = small()
-    sps_nal, pps_nal = avc.nal_units(data)[:2]
-    sps = parse_sps(Reader(avc_rbsp(data, sps_nal)), avc_rbsp(data, sps_nal))
-    pps = parse_pps(Reader(avc_rbsp(data, pps_nal)), avc_rbsp(data, pps_nal), {sps.id: sps})
+def skip_picture(frame_num, override=(1, 1), modification=(), skip_run=1, slice_type=5,
+                 params=None, lsb=0):
+    """A P picture of P_Skip macroblocks (for the small stream's SPS/PPS by default): `override` is
+    the num_ref_idx_active_override (flag, then the count), `modification` the (idc, value) pairs."""
+    _, sps, pps = params or small_params()
     out = b""
     for mb in range(sps.width_mbs * sps.height_mbs):
         b = Bits().ue(mb).ue(slice_type).ue(pps.id).u(sps.log2_max_frame_num, frame_num)
+        if sps.poc_type == 0:
+            b.u(sps.log2_max_poc_lsb, lsb)
         b.u(1, override[0])
         if override[0]:
             b.ue(override[1] - 1)
@@ -417,3 +437,19 @@ def test_reference_rules_as_ffmpeg_checks(name, pictures, ok):
 def test_skip_runs_over_several_macroblocks_are_unsupported():
     report = validate(intra_picture(i16(3)) + skip_picture(1, skip_run=2))
     assert not report.ok and report.reason.startswith("unsupported: slices of several macroblocks")
+
+
+@pytest.mark.parametrize("lsbs,ok", [
+    ((0, 2, 4, 6), True),
+    ((0, 6, 12, 2), True),  # 2 after 12 wraps past 16: POC 18
+    ((4, 8, 6), False),  # POC goes down
+    ((0, 4, 4), False),  # POC repeats
+])
+def test_poc_type_0_must_increase(lsbs, ok):
+    """Stricter than FFmpeg, which decodes all four (reordering its output): in decode order,
+    POC rises within a coded video sequence, so output order is decode order."""
+    params = poc_type0_params()
+    stream = intra_picture(i16(3), params=params, lsb=lsbs[0])
+    stream += b"".join(skip_picture(n % 16, params=params, lsb=lsb) for n, lsb in enumerate(lsbs[1:], 1))
+    assert validate(stream).ok == ok
+    assert avc.validate(stream).ok
