@@ -130,17 +130,31 @@ def next_bytes(v):
     return [b for b in range(256) if v.clone().feed(bytes([b]))]
 
 
-def test_every_accepted_prefix_has_an_accepted_next_byte():
-    data = small()
-    rng = random.Random(3)
-    for _ in range(4):
+def random_walks(data, walks, steps, seed):
+    """From random cuts of `data`, walk among accepted next bytes (often the stream's own):
+    every prefix the walk reaches must have an accepted next byte."""
+    rng = random.Random(seed)
+    for _ in range(walks):
         cut = rng.randrange(len(data))
         v = Validator()
         assert v.feed(data[:cut])
-        for _step in range(24):  # a random walk among accepted bytes
+        for step in range(steps):
             options = next_bytes(v)
             assert options, (cut, v.report())
-            assert v.feed(bytes([rng.choice(options)]))
+            own = data[cut + step] if cut + step < len(data) else None
+            assert v.feed(bytes([own if own in options and rng.random() < 0.3 else rng.choice(options)]))
+
+
+def test_every_accepted_prefix_has_an_accepted_next_byte():
+    random_walks(small(), walks=4, steps=24, seed=3)
+    options = {**avc.PAPER_X264_OPTIONS, "partitions": "all", "subq": "7", "me_method": "umh", "qp": "20"}
+    random_walks(x264(options, frames=2, width=96, height=64), walks=4, steps=24, seed=4)
+
+
+@pytest.mark.slow
+def test_long_random_walks_never_get_stuck():
+    random_walks(clip_stream(keep_sei=True), walks=60, steps=80, seed=5)
+    random_walks(clip_stream(size=(256, 144), seconds=2.0), walks=60, steps=80, seed=6)
 
 
 # ----------------------------------------------------------------------------- never raises
