@@ -1,12 +1,14 @@
-"""python -m nanocodec.h264 FILE... [--json]: check H.264 Annex-B streams; exit 1 if any is invalid."""
+"""python -m nanocodec.h264 FILE... [--json]: check H.264 Annex-B streams; exit 1 if any is invalid.
+
+Owns the one-line description of an H.264 Report; the loop over files, JSON and exit status come
+from nanocodec.verdicts.
+"""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
 from nanocodec.h264.validator import Report, validate
+from nanocodec.verdicts import check_files
 
 
 def _describe(path: str, report: Report) -> str:
@@ -17,24 +19,11 @@ def _describe(path: str, report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m nanocodec.h264",
-        description="Check H.264 Annex-B streams (the paper's settings) the way FFmpeg's strict "
-                    "decoder would; exit 1 if any is invalid.")
-    parser.add_argument("files", nargs="+", help=".h264 Annex-B streams")
-    parser.add_argument("--json", action="store_true", help="one JSON object per file")
-    args = parser.parse_args(argv)
-    invalid = 0
-    for path in args.files:
-        try:
-            report = validate(Path(path).read_bytes())
-        except OSError as exc:
-            report = Report(False, 0, f"cannot read the file: {exc.strerror or exc}", 0, 0)
-        invalid += not report.ok
-        print(json.dumps({"path": path, **report._asdict()}) if args.json else _describe(path, report))
-    if len(args.files) > 1:
-        print(f"{len(args.files) - invalid} valid, {invalid} invalid", file=sys.stderr)
-    return 1 if invalid else 0
+    return check_files(argv, prog="python -m nanocodec.h264",
+                       description="Check H.264 Annex-B streams (the paper's settings) the way FFmpeg's strict "
+                                   "decoder would; exit 1 if any is invalid.",
+                       files_help=".h264 Annex-B streams", validate=validate,
+                       unreadable=lambda reason: Report(False, 0, reason, 0, 0), describe=_describe)
 
 
 if __name__ == "__main__":
