@@ -11,20 +11,23 @@ Every default is in `SampleConfig`; override any with --key=value (or --key valu
 Writes to --out (default CKPT/samples): one complete .jpg per sample (tables restored; a stream the validator rejects is
 saved repaired and counted), one PNG grid per prompt (prompt with its missing part gray | samples |
 original), or for video one .h264 and one filmstrip PNG per sample. Ends with one summary line.
+Does not own: the codec steps (encode, prompt, validate, pictures: nanocodec.codecs) or generation
+(nanocodec.sampling).
 """
 from __future__ import annotations
 
-import io
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from nanocodec import jpeg
+from nanocodec.codecs import VIDEO_EXTENSIONS, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
-from nanocodec.prepare import VIDEO_EXTENSIONS
+from nanocodec.sampling import complete, prompt_problem
 
 
 @dataclass
@@ -92,30 +95,15 @@ def grid(rows: list[list[Image.Image]], gap: int = 2) -> Image.Image:
     return sheet
 
 
-def save_image_sample(data: bytes, ok: bool, codec: dict, path: Path) -> tuple[Image.Image | None, bool]:
+def save_image_sample(data: bytes, ok: bool, codec: Codec, path: Path) -> tuple[Image.Image | None, bool]:
     """Write the sample as a complete .jpg (repaired when invalid); (decoded image or None, repaired)."""
-    from nanocodec import huffman
-
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
-    try:
-        full = jpeg.restore(data if ok else huffman.repair(data), quality, subsampling)
-        im = Image.open(io.BytesIO(full))
-        im.load()
-    except (ValueError, OSError) as e:  # a header the model garbled: nothing a decoder could show
+    images = codec.to_images(data)
+    if not images:  # a header the model garbled: nothing a decoder could show
         path.with_suffix(".bin").write_bytes(data)
-        print(f"{path.with_suffix('.bin')}: unreadable stream kept as raw bytes ({e})", file=sys.stderr)
+        print(f"{path.with_suffix('.bin')}: unreadable stream kept as raw bytes (no picture decodes)", file=sys.stderr)
         return None, False
-    path.write_bytes(full)
-    return im.convert("RGB"), not ok
-
-
-def prompt_problem(bundle, prefix: bytes) -> tuple[int, str | None]:
-    """The prompt's length in tokens (BOS included), and why it cannot be continued (or None)."""
-    tokens = len(bundle.tokenizer.encode(prefix, bos=True))
-    context = bundle.model.config.max_seq_len
-    if tokens >= context:
-        return tokens, f"{tokens} tokens, which fill the model's context of {context} tokens"
-    return tokens, None
+    path.write_bytes(codec.to_file(data))
+    return images[0], not ok
 
 
 def cut_off(samples, prompt_tokens: list[int], cfg: SampleConfig, context: int) -> dict[str, int]:
@@ -137,7 +125,7 @@ def describe_cut_off(count: dict[str, int], cfg: SampleConfig, context: int) -> 
     return f" ({sum(count.values())} stopped before the stream was complete: {', '.join(parts)})"
 
 
-def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, bytes, bytes, int]], int]:
+def image_jobs(cfg: SampleConfig, bundle, codec: Codec) -> tuple[list[tuple[str, bytes, bytes, int]], int]:
     """(name, original stream, prompt prefix, prompt tokens) per usable prompt file, and how many
     were skipped. A single prompt that cannot be used is an error; in a folder it is skipped."""
     path = Path(cfg.prompt)
@@ -148,8 +136,8 @@ def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, 
     jobs, skipped = [], 0
     for i, file in enumerate(files):
         try:
-            full = jpeg.encode(file, **codec)
-            prefix = jpeg.prompt(full, cfg.ratio)
+            full = codec.encode(file)
+            prefix = codec.prompt(full, cfg.ratio)
             tokens, problem = prompt_problem(bundle, prefix)
             if problem:
                 raise SampleError(f"--prompt {file}: at --ratio={cfg.ratio:g} the prompt is {problem}; use a smaller "
@@ -166,29 +154,24 @@ def image_jobs(cfg: SampleConfig, bundle, codec: dict) -> tuple[list[tuple[str, 
     return jobs, skipped
 
 
-def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) -> dict:
-    from nanocodec.sampling import complete, jpeg_header, jpeg_settings
-
-    codec = jpeg_settings(bundle.manifest.get("codec", {}))
-    size = codec.get("size")
-    if size is None:
+def run_images(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: torch.Generator) -> dict:
+    if "size" not in bundle.manifest.get("codec", {}):
         raise SampleError(f"--ckpt {cfg.ckpt}: the data manifest records no image size under 'codec'")
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
     jobs, skipped = image_jobs(cfg, bundle, codec) if cfg.prompt else ([("sample", None, b"", 1)], 0)
-    header = jpeg_header(codec) if cfg.constrain else b""
+    header = codec.header() if cfg.constrain else b""
     out.mkdir(parents=True, exist_ok=True)
     prefixes = [prefix for _, _, prefix, _ in jobs for _ in range(cfg.num_samples)]
-    result = complete(bundle.model, bundle.tokenizer, prefixes, kind="jpeg", header=header, constrain=cfg.constrain,
+    result = complete(bundle.model, bundle.tokenizer, prefixes, kind=codec, header=header, constrain=cfg.constrain,
                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens or None, generator=generator, batch_size=cfg.batch_size,
                       progress=True)
-    blank = Image.new("RGB", (size, size), (0, 0, 0))
+    blank = codec.blank()
     repaired = unreadable = 0
     for j, (name, original, prefix, _) in enumerate(jobs):
         tiles = []
         for k in range(cfg.num_samples):
             sample = result.samples[j * cfg.num_samples + k]
-            im, fixed = save_image_sample(sample.data, sample.ok, codec, out / f"{name}_{k}.jpg")
+            im, fixed = save_image_sample(sample.data, sample.ok, codec, out / f"{name}_{k}{codec.extension}")
             repaired += fixed
             unreadable += im is None
             tiles.append(im or blank)
@@ -196,8 +179,8 @@ def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator)
             cols = min(8, len(tiles))
             grid([tiles[i : i + cols] for i in range(0, len(tiles), cols)]).save(out / f"{name}_grid.png")
         else:
-            given = jpeg.decode(prefix, quality, subsampling, repair=True)  # missing MCUs come back flat gray
-            grid([[given, *tiles, jpeg.decode(original, quality, subsampling)]]).save(out / f"{name}_grid.png")
+            given = codec.to_images(prefix)[0]  # missing MCUs come back flat gray
+            grid([[given, *tiles, codec.to_images(original)[0]]]).save(out / f"{name}_grid.png")
     valid = sum(s.ok for s in result.samples)
     prompt_tokens = [tokens for *_, tokens in jobs for _ in range(cfg.num_samples)]
     return dict(prompts=len(jobs) if cfg.prompt else 0, skipped=skipped, samples=len(result.samples), valid=valid,
@@ -206,7 +189,7 @@ def run_images(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator)
                 cut_off=cut_off(result.samples, prompt_tokens, cfg, bundle.model.config.max_seq_len))
 
 
-def video_prompt(cfg: SampleConfig, bundle, codec: dict) -> tuple[bytes, bytes, int]:
+def video_prompt(cfg: SampleConfig, bundle, codec: Codec) -> tuple[bytes, bytes, int]:
     """(original stream, its first --frames frames, their tokens) of the --prompt video."""
     from nanocodec import avc
 
@@ -219,18 +202,18 @@ def video_prompt(cfg: SampleConfig, bundle, codec: dict) -> tuple[bytes, bytes, 
         raise SampleError(f"--prompt {path}: this checkpoint models H.264 video; the prompt is an image "
                           f"(give a video file such as .mp4, or a checkpoint trained on --kind jpeg data)")
     try:
-        original = avc.encode(path, **codec)
+        original = codec.encode(path)
     except avc.VideoError as e:
         raise SampleError(f"--prompt {path}: not a readable video ({e})") from e
     pictures = len(avc.frame_offsets(original))
     if cfg.frames > pictures:
         raise SampleError(f"--prompt {path}: --frames={cfg.frames}, but the video gives only {pictures} frames "
-                          f"(at {codec.get('fps', 3)} fps over its first {codec.get('seconds', 5)} s); use --frames={max(pictures - 1, 1)} or fewer")
-    prefix = avc.prompt(original, cfg.frames)
+                          f"(at {codec.fps} fps over its first {codec.seconds} s); use --frames={max(pictures - 1, 1)} or fewer")
+    prefix = codec.prompt(original, cfg.frames)
     tokens, problem = prompt_problem(bundle, prefix)
     if problem:
         context = bundle.model.config.max_seq_len
-        fit = [f for f in range(1, cfg.frames) if len(bundle.tokenizer.encode(avc.prompt(original, f + 1), bos=True)) < context]
+        fit = [f for f in range(1, cfg.frames) if len(bundle.tokenizer.encode(codec.prompt(original, f + 1), bos=True)) < context]
         hint = (f"use --frames={fit[-1]} or fewer (then the next frame still fits)" if fit
                 else "not even two frames fit")
         raise SampleError(f"--prompt {path}: its first {cfg.frames} frames are {problem}; {hint}, "
@@ -238,46 +221,44 @@ def video_prompt(cfg: SampleConfig, bundle, codec: dict) -> tuple[bytes, bytes, 
     return original, prefix, tokens
 
 
-def run_video(cfg: SampleConfig, bundle, out: Path, generator: torch.Generator) -> dict:
+def filmstrip(frames: list[Image.Image], path: Path) -> None:
     from nanocodec import avc
-    from nanocodec.sampling import complete
 
-    if cfg.constrain:
-        raise SampleError("--constrain checks JPEG streams only; this checkpoint models H.264 (avc)")
-    codec = {k: v for k, v in bundle.manifest.get("codec", {}).items() if k in ("seconds", "fps", "size", "qp", "keep_sei")}
-    if "size" in codec:
-        codec["size"] = tuple(codec["size"])  # JSON keeps it as a list
+    avc.filmstrip([np.asarray(frame) for frame in frames], path)
+
+
+def run_video(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: torch.Generator) -> dict:
     prefix, name, original, tokens = b"", "sample", None, 1
     if cfg.prompt:
         original, prefix, tokens = video_prompt(cfg, bundle, codec)
         name = Path(cfg.prompt).stem
     out.mkdir(parents=True, exist_ok=True)
     if original is not None:
-        avc.filmstrip(avc.decode(original), out / f"{name}_original.png")
-    result = complete(bundle.model, bundle.tokenizer, [prefix] * cfg.num_samples, kind="avc",
+        filmstrip(codec.to_images(original), out / f"{name}_original.png")
+    result = complete(bundle.model, bundle.tokenizer, [prefix] * cfg.num_samples, kind=codec,
                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens or None, generator=generator, batch_size=cfg.batch_size,
                       progress=True)
     unreadable = 0
     for k, sample in enumerate(result.samples):
-        (out / f"{name}_{k}.h264").write_bytes(sample.data)
-        frames = avc.decode(sample.data)
+        (out / f"{name}_{k}{codec.extension}").write_bytes(codec.to_file(sample.data))
+        frames = codec.to_images(sample.data)
         if frames:
-            avc.filmstrip(frames, out / f"{name}_{k}.png")
+            filmstrip(frames, out / f"{name}_{k}.png")
         else:
             unreadable += 1
-            print(f"{out / f'{name}_{k}.h264'}: no frame decodes", file=sys.stderr)
+            print(f"{out / f'{name}_{k}{codec.extension}'}: no frame decodes", file=sys.stderr)
     return dict(prompts=1 if cfg.prompt else 0, skipped=0, samples=len(result.samples),
                 valid=sum(s.ok for s in result.samples), repaired=0, unreadable=unreadable, retried=0,
                 tokens=result.new_tokens, tokens_per_second=result.tokens_per_second,
                 cut_off=cut_off(result.samples, [tokens] * len(result.samples), cfg, bundle.model.config.max_seq_len))
 
 
-def summary_line(kind: str, summary: dict, cfg: SampleConfig, context: int, out: Path) -> str:
+def summary_line(codec: Codec, summary: dict, cfg: SampleConfig, context: int, out: Path) -> str:
     """One line: how many samples, how many are valid as sampled, what happened to the rest."""
     n, valid = summary["samples"], summary["valid"]
     stopped = describe_cut_off(summary["cut_off"], cfg, context)
-    if kind == "avc":
+    if codec.video:
         concealed = n - valid - summary["unreadable"]
         head = (f"{n} samples: {valid} decode without error, {concealed} decode with errors concealed"
                 f", {summary['unreadable']} decode to no frame{stopped}")
@@ -297,16 +278,14 @@ def main(argv: list[str]) -> dict:
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     bundle = load_for_inference(cfg.ckpt, device=device)
-    kind = bundle.config.get("kind") or bundle.manifest.get("kind")
+    codec = codec_for({"kind": bundle.config.get("kind") or bundle.manifest.get("kind"),
+                       "codec": bundle.manifest.get("codec")}, where=f"--ckpt {cfg.ckpt}: config.json")
+    if cfg.constrain and codec.constraint_problem():
+        raise SampleError(codec.constraint_problem())
     out = Path(cfg.out or Path(cfg.ckpt) / "samples")
     generator = torch.Generator().manual_seed(cfg.seed)
-    if kind == "jpeg":
-        summary = run_images(cfg, bundle, out, generator)
-    elif kind == "avc":
-        summary = run_video(cfg, bundle, out, generator)
-    else:
-        raise SampleError(f"--ckpt {cfg.ckpt}: unknown codec kind {kind!r} in config.json")
-    print(summary_line(kind, summary, cfg, bundle.model.config.max_seq_len, out))
+    summary = (run_video if codec.video else run_images)(cfg, bundle, codec, out, generator)
+    print(summary_line(codec, summary, cfg, bundle.model.config.max_seq_len, out))
     return {**summary, "config": asdict(cfg)}
 
 
@@ -317,7 +296,7 @@ def cli(argv: list[str]) -> None:
     one_line_warnings("sample.py")
     try:
         main(argv)
-    except (ConfigError, SampleError, CheckpointError, jpeg.ImageError) as e:
+    except (ConfigError, SampleError, CheckpointError, CodecError, jpeg.ImageError) as e:
         sys.exit(f"sample.py: error: {e}")
 
 

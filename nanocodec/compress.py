@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from nanocodec import jpeg
+from nanocodec.codecs import JPEG, codec_for
 
 MAGIC = b"NCLM"
 VERSION = 1
@@ -96,7 +97,7 @@ def _differences(data: bytes, reference: bytes, codec: dict) -> list[str]:
     if (mine.width, mine.height) != (ref.width, ref.height):
         problems.append(f"size {mine.width}x{mine.height}; the checkpoint's format is {ref.width}x{ref.height}")
     if mine.sampling != ref.sampling:
-        problems.append(f"sampling factors {mine.sampling}; the checkpoint's {codec.get('subsampling', '4:2:0')} is {ref.sampling}")
+        problems.append(f"sampling factors {mine.sampling}; the checkpoint's {JPEG.from_settings(codec).subsampling} is {ref.sampling}")
     if mine.restart_interval != ref.restart_interval:
         have = f"restart interval {mine.restart_interval} MCUs" if mine.restart_interval else "no restart markers"
         problems.append(f"{have}; the checkpoint's format has a restart marker every {ref.restart_interval} MCU(s)")
@@ -115,9 +116,8 @@ def model_stream(data: bytes, codec: dict) -> tuple[bytes, bool]:
     manifest's settings). A full file is accepted only if `jpeg.restore` of its abbreviated stream
     gives it back byte for byte, so decompression can rebuild it exactly.
     """
-    from nanocodec.sampling import jpeg_header
-
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
+    settings = JPEG.from_settings(codec)
+    quality, subsampling = settings.quality, settings.subsampling
     try:
         segments = _segments(data)
         if not any(s.marker in jpeg.SOF_MARKERS for s in segments):
@@ -128,7 +128,7 @@ def model_stream(data: bytes, codec: dict) -> tuple[bytes, bool]:
     dht = b"".join(data[s.start : s.end] for s in segments if s.marker == jpeg.DHT)
     stream = b"".join(data[s.start : s.end] for s in segments if s.marker not in (jpeg.DQT, jpeg.DHT))
     stream += data[segments[-1].end :]
-    reference = jpeg_header(codec)
+    reference = settings.header()
     problems = _differences(stream, reference, codec) if stream[: len(reference)] != reference else []
     expected_dqt, expected_dht = jpeg._table_segments(quality, subsampling)
     if dqt and dqt != expected_dqt:
@@ -330,7 +330,7 @@ class Compressor:
         self.ckpt = Path(ckpt)
         self.bundle = load_for_inference(ckpt, device="cpu")
         kind = self.bundle.config.get("kind") or self.bundle.manifest.get("kind")
-        if kind != "jpeg":
+        if not isinstance(codec_for(kind, where=str(ckpt)), JPEG):
             raise CompressError(f"{ckpt}: a {kind} checkpoint; compression needs a JPEG checkpoint")
         self.model = self.bundle.model.float()
         self.tokenizer = self.bundle.tokenizer
@@ -379,7 +379,8 @@ class Compressor:
                                          self.model.config.max_seq_len)
         try:
             stream = self.tokenizer.decode(tokens[:-1])
-            data = jpeg.restore(stream, self.codec.get("quality", 25), self.codec.get("subsampling", "4:2:0")) if box.tables else stream
+            settings = JPEG.from_settings(self.codec)
+            data = jpeg.restore(stream, settings.quality, settings.subsampling) if box.tables else stream
         except ValueError:  # a token outside the tokenizer, or no JPEG headers: a wrong decode
             stream = data = b""
         if _digest(data)[:8] != box.original_sha:

@@ -2,10 +2,11 @@
 
 Owns three measurements and their report:
 - bits per byte of the val split, defined as in train.py (total cross-entropy over every predicted
-  token, EOS included, / ln 2 / codec bytes), and for JPEG split by region: headers (markers and
-  segments outside the scan, EOI, and the EOS token), entropy-coded data, restart markers. A
-  token counts in the region of its first byte (with the JPEG split pattern, RST markers are always
-  tokens of their own); each region's bytes are the bytes of its tokens, so the regions add up.
+  token, EOS included, / ln 2 / codec bytes), and for a codec that labels regions (`Codec.regions`;
+  JPEG) split by region: headers (markers and segments outside the scan, EOI, and the EOS token),
+  entropy-coded data, restart markers. A token counts in the region of its first byte (with the
+  JPEG split pattern, RST markers are always tokens of their own); each region's bytes are the
+  bytes of its tokens, so the regions add up.
 - decode rate: of N samples (unconditional, or prompted from val images), how many the codec's
   validator accepts as they are; for JPEG also with constrained decoding.
 - prompted-completion FID (paper, section 5): the first N val images cut at each prompt ratio,
@@ -14,7 +15,8 @@ Owns three measurements and their report:
   trip the model sees, and the report says so. Features come from nanocodec.inception with the
   standard FID weights from a local file; without them the report says why there is no FID.
 Writes EVAL_DIR/report.json and EVAL_DIR/report.md (a Markdown table).
-Does not own: sampling (nanocodec.sampling), the network or Frechet math (nanocodec.inception).
+Does not own: sampling (nanocodec.sampling), the codec steps (prompts, validators, pictures, byte
+regions: nanocodec.codecs), the network or Frechet math (nanocodec.inception).
 """
 from __future__ import annotations
 
@@ -31,12 +33,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from nanocodec import data, jpeg
+from nanocodec import data
+from nanocodec.codecs import ENTROPY, HEADERS, JPEG, REGIONS, RESTART, Codec, CodecError, codec_for
 from nanocodec.config import ConfigError, one_line_warnings, parse, resolve_device, set_threads
-from nanocodec.sampling import complete, jpeg_header
+from nanocodec.sampling import complete, prompt_problem
 
-REGIONS = ("headers", "entropy", "restart")
-HEADERS, ENTROPY, RESTART = range(3)
 NO_TARGET = 255  # label of the BOS tokens, which are never predicted
 
 
@@ -80,29 +81,8 @@ class EvalError(ValueError):
 
 
 def byte_regions(stream: bytes) -> np.ndarray:
-    """The region of every byte of a JPEG stream (uint8: HEADERS, ENTROPY or RESTART).
-
-    Bytes before the end of SOS are headers; after it, the scan is entropy data except RST markers
-    (FF D0..D7); the marker that ends the scan (EOI) and anything after it are headers again. A
-    stream whose header does not parse is all headers.
-    """
-    labels = np.full(len(stream), HEADERS, dtype=np.uint8)
-    try:
-        pos = jpeg.frame_info(stream).scan_start
-    except jpeg.InvalidJPEG:
-        return labels
-    labels[pos:] = ENTROPY
-    while True:
-        pos = stream.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(stream):
-            return labels
-        marker = stream[pos + 1]
-        if 0xD0 <= marker <= 0xD7:
-            labels[pos : pos + 2] = RESTART
-        elif marker not in (0x00, 0xFF):
-            labels[pos:] = HEADERS
-            return labels
-        pos += 2 if marker != 0xFF else 1
+    """The region of every byte of a JPEG stream (uint8: HEADERS, ENTROPY or RESTART; `JPEG.regions`)."""
+    return JPEG().regions(stream)
 
 
 def token_lengths(tokenizer) -> np.ndarray:
@@ -110,29 +90,30 @@ def token_lengths(tokenizer) -> np.ndarray:
     return np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
 
 
-def token_regions(tokens: np.ndarray, tokenizer, lengths: np.ndarray) -> np.ndarray:
-    """The region of each token of a JPEG document (no BOS/EOS): the region of its first byte."""
+def token_regions(tokens: np.ndarray, tokenizer, lengths: np.ndarray, codec: Codec = JPEG()) -> np.ndarray:
+    """The region of each token of a document (no BOS/EOS): the region of its first byte."""
     stream = tokenizer.decode(tokens)
     if not stream:
         return np.full(len(tokens), HEADERS, np.uint8)
     starts = np.concatenate(([0], np.cumsum(lengths[np.asarray(tokens, dtype=np.int64)])[:-1]))
-    return byte_regions(stream)[np.minimum(starts, len(stream) - 1)]
+    return codec.regions(stream)[np.minimum(starts, len(stream) - 1)]
 
 
-def stream_labels(path: str | Path, tokenizer, kind: str, split: str = "val") -> np.ndarray:
+def stream_labels(path: str | Path, tokenizer, kind: str | Codec, split: str = "val") -> np.ndarray:
     """A region label for every token of the split's concatenated stream (BOS doc EOS, in shard order)."""
     lengths = token_lengths(tokenizer)
+    codec = codec_for(kind)
     parts = []
     for doc in data.documents(path, split):
-        regions = token_regions(doc, tokenizer, lengths) if kind == "jpeg" else np.full(len(doc), HEADERS, np.uint8)
+        regions = token_regions(doc, tokenizer, lengths, codec) if codec.by_region else np.full(len(doc), HEADERS, np.uint8)
         parts += [np.array([NO_TARGET], np.uint8), regions.astype(np.uint8), np.array([HEADERS], np.uint8)]
     return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
 
 
 @torch.inference_mode()
-def bits_per_byte(model, tokenizer, path: str | Path, kind: str, *, context: int, batch_size: int,
+def bits_per_byte(model, tokenizer, path: str | Path, kind: str | Codec, *, context: int, batch_size: int,
                   max_batches: int = 0, progress: bool = True) -> dict:
-    """Val bits per byte (train.py's definition), with the JPEG split by region."""
+    """Val bits per byte (train.py's definition), split by region where the codec labels regions."""
     labels = stream_labels(path, tokenizer, kind)
     manifest = data.manifest(path)
     if len(labels) != manifest["splits"]["val"]["tokens"]:
@@ -171,7 +152,7 @@ def bits_per_byte(model, tokenizer, path: str | Path, kind: str, *, context: int
         "tokens": int(tokens.sum()), "bytes": int(bytes_.sum()), "context": context,
         "whole_split": bool(complete),
     }
-    if kind == "jpeg":
+    if codec_for(kind).by_region:
         result["regions"] = {
             name: {"bits_per_byte": float(bits[i] / bytes_[i]) if bytes_[i] else None, "bytes": int(bytes_[i]),
                    "tokens": int(tokens[i]), "share_of_bits": float(bits[i] / bits.sum()) if bits.sum() else None}
@@ -195,14 +176,12 @@ def val_streams(path: str | Path, tokenizer, count: int) -> list[bytes]:
 
 def check_prompts(bundle, prefixes: list[bytes], option: str) -> None:
     """An EvalError when a prompt leaves no room in the model's context (the option names the cut)."""
-    context = bundle.model.config.max_seq_len
-    longest = max((len(bundle.tokenizer.encode(p, bos=True)) for p in prefixes), default=0)
-    if longest >= context:
-        raise EvalError(f"{option}: the longest val prompt is {longest} tokens, which fills the model's context of "
-                        f"{context} tokens; use a smaller ratio")
+    _, problem = max((prompt_problem(bundle, p) for p in prefixes), key=lambda fit: fit[0], default=(0, None))
+    if problem:
+        raise EvalError(f"{option}: the longest val prompt is {problem}; use a smaller ratio")
 
 
-def decode_rate(bundle, kind: str, prefixes: list[bytes], *, constrain: bool, sampling: dict, generator,
+def decode_rate(bundle, kind: str | Codec, prefixes: list[bytes], *, constrain: bool, sampling: dict, generator,
                 header: bytes = b"", batch_size: int) -> dict:
     """How many of the samples continuing `prefixes` the codec's validator accepts unrepaired."""
     out = complete(bundle.model, bundle.tokenizer, prefixes, kind=kind, header=header, constrain=constrain,
@@ -212,29 +191,26 @@ def decode_rate(bundle, kind: str, prefixes: list[bytes], *, constrain: bool, sa
             "ended_with_eos": sum(s.finished for s in out.samples), "tokens_per_second": out.tokens_per_second}
 
 
-def decode_image(stream: bytes, codec: dict) -> Image.Image:
-    """A sample as pixels: repaired when invalid (missing MCUs flat gray), black when unreadable."""
-    try:
-        return jpeg.decode(stream, codec.get("quality", 25), codec.get("subsampling", "4:2:0"), repair=True)
-    except ValueError:  # no usable frame header: nothing a decoder can show
-        return Image.new("RGB", (codec["size"], codec["size"]))
+def decode_image(stream: bytes, codec: dict | Codec) -> Image.Image:
+    """A sample as one picture (`Codec.to_images`): repaired when invalid, `Codec.blank()` when nothing decodes."""
+    codec = codec if isinstance(codec, Codec) else JPEG.from_settings(codec)
+    return (codec.to_images(stream) or [codec.blank()])[0]
 
 
-def prompted_fid(bundle, streams: list[bytes], codec: dict, *, ratios: list[float], seeds: list[int],
+def prompted_fid(bundle, streams: list[bytes], codec: Codec, *, ratios: list[float], seeds: list[int],
                  inception, sampling: dict, constrain: bool, batch_size: int) -> dict:
     """FID of completions of `streams` cut at each ratio, per seed, against the streams themselves."""
     from nanocodec.inception import frechet_to_features, gaussian_stats, pool_features
 
-    quality, subsampling = codec.get("quality", 25), codec.get("subsampling", "4:2:0")
-    references = [jpeg.decode(s, quality, subsampling) for s in streams]
+    references = [decode_image(s, codec) for s in streams]
     ref_mu, ref_sigma = gaussian_stats(pool_features(inception, references))
     results = {}
     for ratio in ratios:
-        prefixes = [jpeg.prompt(s, ratio) for s in streams]
+        prefixes = [codec.prompt(s, ratio) for s in streams]
         check_prompts(bundle, prefixes, f"--ratios={ratio:g}")
         runs = []
         for seed in seeds:
-            out = complete(bundle.model, bundle.tokenizer, prefixes, kind="jpeg", constrain=constrain,
+            out = complete(bundle.model, bundle.tokenizer, prefixes, kind=codec, constrain=constrain,
                            generator=torch.Generator().manual_seed(seed), batch_size=batch_size, progress=True, **sampling)
             images = [decode_image(s.data, codec) for s in out.samples]
             fid = frechet_to_features(ref_mu, ref_sigma, pool_features(inception, images))
@@ -246,7 +222,7 @@ def prompted_fid(bundle, streams: list[bytes], codec: dict, *, ratios: list[floa
     return {
         "images": len(streams), "ratios": results,
         "std": "sample standard deviation over seeds (ddof=1)",
-        "references": f"the first {len(streams)} val images after the same JPEG q{quality} {subsampling} round trip "
+        "references": f"the first {len(streams)} val images after the same JPEG q{codec.quality} {codec.subsampling} round trip "
                       "the model sees (decoded from their val streams), not the original pixels",
         "features": "Inception-v3 pool (2048-d), FID weights of pytorch-fid, bilinear resize to 299",
         "note": "with fewer images than 2048 feature dimensions the covariances are rank-deficient and FID is "
@@ -328,34 +304,34 @@ def run(cfg: EvalConfig) -> dict:
     manifest = data.manifest(path) if path is not None else bundle.manifest
     if path is not None and manifest.get("tokenizer_sha256") != bundle.tokenizer.sha256:
         raise EvalError(f"--data {path}: tokenized with another tokenizer than checkpoint {cfg.ckpt} (tokenizer_sha256 differs)")
-    codec = manifest.get("codec", {})
+    settings = manifest.get("codec", {})
+    codec = codec_for({"kind": kind, "codec": settings}, where=f"checkpoint {cfg.ckpt}")
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens or None)
     report = {"checkpoint": str(cfg.ckpt), "step": bundle.config.get("step"), "data": str(path) if path else None, "kind": kind,
-              "codec": codec, "sampling": sampling, "config": asdict(cfg)}
+              "codec": settings, "sampling": sampling, "config": asdict(cfg)}
     began = time.time()
     if "bpb" in metrics:
         context = cfg.context or bundle.config.get("train", {}).get("context") or bundle.model.config.max_seq_len
-        report["bits_per_byte"] = bits_per_byte(bundle.model, bundle.tokenizer, path, kind, context=min(context, bundle.model.config.max_seq_len),
+        report["bits_per_byte"] = bits_per_byte(bundle.model, bundle.tokenizer, path, codec, context=min(context, bundle.model.config.max_seq_len),
                                                 batch_size=cfg.batch_size, max_batches=cfg.max_batches)
     if "decode" in metrics:
         if cfg.decode_ratio > 0:
-            if kind != "jpeg":
-                raise EvalError("--decode_ratio prompts are JPEG prompts; use 0 (unconditional) for avc")
+            if codec.video:
+                raise EvalError(f"--decode_ratio prompts are JPEG prompts; use 0 (unconditional) for {codec.kind}")
             streams = val_streams(path, bundle.tokenizer, cfg.decode_samples)
-            prefixes = [jpeg.prompt(s, cfg.decode_ratio) for s in streams]
+            prefixes = [codec.prompt(s, cfg.decode_ratio) for s in streams]
             check_prompts(bundle, prefixes, f"--decode_ratio={cfg.decode_ratio:g}")
             report["decode_prompt"] = f"{len(prefixes)} val images prompted at ratio {cfg.decode_ratio:g}"
         else:
             prefixes = [b""] * cfg.decode_samples
             report["decode_prompt"] = f"{len(prefixes)} unconditional samples"
-        report["decode_rate"] = decode_rate(bundle, kind, prefixes, constrain=False, sampling=sampling, batch_size=cfg.batch_size,
+        report["decode_rate"] = decode_rate(bundle, codec, prefixes, constrain=False, sampling=sampling, batch_size=cfg.batch_size,
                                             generator=torch.Generator().manual_seed(cfg.seed))
-        if kind == "jpeg" and cfg.decode_constrained:
-            header = jpeg_header(codec)
-            report["decode_rate_constrained"] = decode_rate(bundle, kind, prefixes, constrain=True, sampling=sampling, header=header,
+        if cfg.decode_constrained and not codec.constraint_problem():
+            report["decode_rate_constrained"] = decode_rate(bundle, codec, prefixes, constrain=True, sampling=sampling, header=codec.header(),
                                                             batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
     if "fid" in metrics:
-        if kind != "jpeg":
+        if not isinstance(codec, JPEG):
             report["fid"] = {"skipped": "prompted-completion FID is defined for image (jpeg) checkpoints"}
         elif inception is None:
             report["fid"] = {"skipped": "no --inception_weights: FID needs the standard FID Inception-v3 weights "
@@ -369,9 +345,9 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.surprise:
         from nanocodec.surprise import write_val_maps
 
-        if kind != "jpeg":
-            raise EvalError("--surprise maps bits onto JPEG MCUs; this is an avc checkpoint")
-        report["surprise"] = write_val_maps(bundle, val_streams(path, bundle.tokenizer, cfg.surprise), codec,
+        if not isinstance(codec, JPEG):
+            raise EvalError(f"--surprise maps bits onto JPEG MCUs; this is an {codec.kind} checkpoint")
+        report["surprise"] = write_val_maps(bundle, val_streams(path, bundle.tokenizer, cfg.surprise), settings,
                                             Path(cfg.out or Path(cfg.ckpt) / "eval"))
     report["seconds"] = round(time.time() - began, 1)
     return report
@@ -398,7 +374,7 @@ def cli(argv: list[str]) -> None:
     one_line_warnings("python -m nanocodec.eval")
     try:
         main(argv)
-    except (ConfigError, EvalError, CheckpointError, InceptionWeightsError, data.DataError) as e:
+    except (ConfigError, EvalError, CheckpointError, CodecError, InceptionWeightsError, data.DataError) as e:
         sys.exit(f"python -m nanocodec.eval: error: {e}")
 
 

@@ -918,6 +918,11 @@ class Validator:
         return self._state.phase == _DONE and self._state.error is None
 
     @property
+    def complete(self) -> bool:
+        """The bytes fed so far are a whole valid stream (for JPEG the same as `done`: nothing follows EOI)."""
+        return self.done
+
+    @property
     def mcus(self) -> int:
         """Whole MCUs decoded so far."""
         return self._state.mcus

@@ -14,8 +14,9 @@ the demo item's name) falls under `val_fraction`, so adding files never moves an
 done shard by shard; a killed run started again with the same arguments keeps the finished shards
 and ends with exactly the bytes an uninterrupted run writes. A file that cannot be read is skipped,
 counted and listed with its reason; it never stops the run.
-Does not own: the codecs (nanocodec.jpeg, nanocodec.avc), BPE (nanocodec.bpe), the demo footage
-(nanocodec.demo) or reading shards for training (nanocodec.data).
+Does not own: the codecs, their settings and per-codec defaults (nanocodec.codecs, over
+nanocodec.jpeg and nanocodec.avc), BPE (nanocodec.bpe), the demo footage (nanocodec.demo) or reading
+shards for training (nanocodec.data).
 """
 from __future__ import annotations
 
@@ -38,22 +39,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from nanocodec import avc, bpe, demo, jpeg
+from nanocodec.codecs import CODECS, Codec, CodecError, codec_for
 
-KINDS = ("jpeg", "avc")
 SPLITS = ("train", "val")
-DEFAULT_MERGES = {"jpeg": 320, "avc": 1024}
-DEFAULT_SIZE: dict[str, Any] = {"jpeg": 256, "avc": (256, 144)}
-# The demo trains on a CPU in minutes: 64 px images (16 MCUs, ~500 bytes) and 64x36 videos.
-DEMO_SIZE: dict[str, Any] = {"jpeg": 64, "avc": (64, 36)}
-DEMO_COUNT = {"jpeg": 4096, "avc": 256}
-# About 20M tokens per shard at the paper's sizes (5K tokens per image, 15K per video).
-DEFAULT_SHARD_FILES = {"jpeg": 4096, "avc": 1024}
-# Files per worker task: BPE encodes a batch's distinct pieces together, and per-batch costs fade
-# by about 100 images (measured: 16 per batch tokenizes 2.2x slower than 128).
-BATCH = {"jpeg": 128, "avc": 8}
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .y4m .h264 .264".split()
-)
 STATE = ".prepare"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -75,12 +63,6 @@ class Source:
     payloads: Callable[[list[int]], Iterable[Any]]  # codec inputs of these (ascending) indices
     ignored: dict[str, int] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)  # folders that could not be read, with the reason
-
-
-def _extensions(kind: str) -> frozenset[str]:
-    if kind == "avc":
-        return VIDEO_EXTENSIONS
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 def _walk(root: Path) -> tuple[list[str], list[dict], int]:
@@ -118,8 +100,8 @@ def _walk(root: Path) -> tuple[list[str], list[dict], int]:
     return sorted(files), unreadable, again
 
 
-def _folder(root: Path, kind: str) -> Source:
-    wanted = _extensions(kind)
+def _folder(root: Path, codec: Codec) -> Source:
+    wanted = codec.extensions()
     names, ignored = [], collections.Counter()
     found, unreadable, again = _walk(root)
     for rel in found:
@@ -150,31 +132,16 @@ def _listing(path: Path) -> Source:
     return Source(str(path.resolve()), names, lambda idx: (str(base / names[i]) for i in idx), dict(ignored))
 
 
-def _demo(kind: str, codec: dict, count: int, seed: int) -> Source:
-    if kind == "jpeg":
-        plan = demo.image_crops(count, seed)
-
-        def render(idx: list[int]) -> Iterator[Any]:
-            return demo.render_images([plan[i] for i in idx], codec["size"])
-    else:
-        width, height = codec["size"]
-        plan = demo.video_windows(count, seed, codec["seconds"], aspect=width / height)
-
-        def render(idx: list[int]) -> Iterator[Any]:
-            return demo.render_videos([plan[i] for i in idx], (width, height), codec["seconds"], codec["fps"])
-    return Source("demo", [p.name for p in plan], render)
-
-
-def find_source(kind: str, source: str, codec: dict, limit: int | None, seed: int) -> Source:
+def find_source(codec: Codec, source: str, limit: int | None, seed: int) -> Source:
     """The items of `source` ("demo", a folder, or a text file of paths), at most `limit` of them.
 
     A limit keeps a seeded random sample of a folder or list, in the original order.
     """
     if source == "demo":
-        return _demo(kind, codec, limit or DEMO_COUNT[kind], seed)
+        return Source("demo", *codec.demo(limit or codec.demo_count, seed))
     path = Path(source)
     if path.is_dir():
-        found = _folder(path, kind)
+        found = _folder(path, codec)
     elif path.is_file():
         found = _listing(path)
     else:
@@ -207,9 +174,9 @@ def _load_tokenizer(path: str | os.PathLike):
         raise PrepareError(str(e)) from None
 
 
-def _init_worker(kind: str, codec: dict, tokenizer_path: str) -> None:
+def _init_worker(codec: Codec, tokenizer_path: str) -> None:
     _worker.clear()
-    _worker.update(kind=kind, codec=codec, tokenizer_path=tokenizer_path, tokenizer=None)
+    _worker.update(codec=codec, tokenizer_path=tokenizer_path, tokenizer=None)
 
 
 def _diagnose(path: str, detail: str) -> tuple[str, str]:
@@ -245,7 +212,7 @@ def _reason(error: Exception, payload: Any) -> str:
     detail = str(error)
     if isinstance(payload, str) and detail.startswith(payload + ": "):
         detail = detail[len(payload) + 2:]
-    if _worker["kind"] == "avc":
+    if _worker["codec"].video:
         category = "unreadable video" if isinstance(error, avc.VideoError) else "error"
     elif bomb := first((Image.DecompressionBombWarning, Image.DecompressionBombError)):
         category, detail = "decompression bomb", str(bomb)
@@ -274,10 +241,7 @@ def _encode(payload: Any) -> tuple[bytes | None, str | None]:
                 return None, f"not a regular file: {what}"
             if os.path.getsize(payload) == 0:
                 return None, "empty file: 0 bytes"
-        if _worker["kind"] == "jpeg":
-            return jpeg.encode(payload, **_worker["codec"]), None
-        codec = dict(_worker["codec"], size=tuple(_worker["codec"]["size"]))
-        return avc.encode(payload, **codec), None
+        return _worker["codec"].encode(payload), None
     except Exception as e:  # one bad file must never stop a run of millions: it is reported instead
         return None, _reason(e, payload)
 
@@ -456,14 +420,7 @@ def _versions() -> dict:
     }
 
 
-def _codec(kind: str, size: Any, quality: int, qp: int) -> dict:
-    if kind == "jpeg":
-        return {"size": int(size), "quality": quality, "subsampling": "4:2:0", "restart_blocks": 1}
-    width, height = size
-    return {"seconds": 5, "fps": 3, "size": [int(width), int(height)], "qp": qp, "keep_sei": False}
-
-
-def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], kind: str, merges: int,
+def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], codec: Codec, merges: int,
                docs: int, given: str | None, seed: int, batch: int) -> tuple[bpe.Tokenizer, dict]:
     """Load, copy in, or learn the tokenizer; out/tokenizer.json holds it afterwards."""
     path = out / TOKENIZER
@@ -484,10 +441,10 @@ def _tokenizer(out: Path, pool: _Pool, src: Source, train_idx: list[int], kind: 
         bar.close()
         if not corpus:
             raise PrepareError(f"none of the {len(sample)} files sampled for the tokenizer could be read; "
-                               f"is {src.description} a folder of {'images' if kind == 'jpeg' else 'videos'}?")
+                               f"is {src.description} a folder of {codec.media}?")
         print(f"learning {merges} BPE merges on {len(corpus)} files ({sum(map(len, corpus)) / 1e6:.1f} MB)",
               file=sys.stderr)
-        tok = bpe.train(corpus, merges, split=kind)
+        tok = bpe.train(corpus, merges, split=codec.split)
         origin = {"trained_on_files": len(corpus), "trained_on_bytes": sum(map(len, corpus))}
         _write_atomic(out / STATE / "tokenizer.json", _json_bytes(origin))
     if tok.vocab_size > 2**16:
@@ -518,18 +475,6 @@ def _summary(out: Path, manifest: dict) -> str:
     if not s["val"]["documents"]:
         parts.append("warning: the val split is empty, so train.py has no val loss; raise --val-fraction")
     return " | ".join(parts)
-
-
-def _check_codec(kind: str, codec: dict) -> None:
-    """Settings the codec refuses (a JPEG size that is no multiple of 16...) fail here, once, rather
-    than as one skipped file per input."""
-    try:
-        if kind == "jpeg":
-            jpeg.encode(Image.new("RGB", (16, 16)), **codec)
-        else:
-            avc.encode([np.zeros((16, 16, 3), np.uint8)], **dict(codec, size=tuple(codec["size"])))
-    except (ValueError, TypeError) as e:
-        raise PrepareError(f"codec settings {codec}: {e}") from e
 
 
 def _encode_shards(out: Path, pool: _Pool, src: Source, plan: dict[str, list[list[int]]],
@@ -563,12 +508,14 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
     """Prepare a data folder (see the module docstring) and return its manifest.
 
     `size` is an int for jpeg, (width, height) for avc; the default is the paper's (256 / 256x144)
-    or, for the demo, the small DEMO_SIZE. `quality` is JPEG's, `qp` H.264's. `limit` caps the
-    number of files (the demo's item count, default DEMO_COUNT). `workers` defaults to every core;
-    the output does not depend on it.
+    or, for the demo, the codec's small demo_size. `quality` is JPEG's, `qp` H.264's. `limit` caps
+    the number of files (the demo's item count, default the codec's demo_count). `workers` defaults
+    to every core; the output does not depend on it. Codec defaults: nanocodec.codecs.
     """
-    if kind not in KINDS:
-        raise PrepareError(f"--kind must be one of {KINDS}, got {kind!r}")
+    try:
+        codec = codec_for(kind)
+    except CodecError:
+        raise PrepareError(f"--kind must be one of {tuple(CODECS)}, got {kind!r}") from None
     if not 0.0 <= val_fraction < 1.0:
         raise PrepareError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     for option, value in (("tokenizer-docs", tokenizer_docs), ("limit", limit), ("shard-files", shard_files),
@@ -576,23 +523,27 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
         if value is not None and value < (0 if option == "merges" else 1):
             raise PrepareError(f"--{option} must be {'>= 0' if option == 'merges' else 'positive'}, got {value}")
     source = str(source)
-    size = size if size is not None else (DEMO_SIZE if source == "demo" else DEFAULT_SIZE)[kind]
-    merges = DEFAULT_MERGES[kind] if merges is None else merges
-    shard_files = shard_files or DEFAULT_SHARD_FILES[kind]
+    merges = codec.default_merges if merges is None else merges
+    shard_files = shard_files or codec.shard_files
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    codec = _codec(kind, size, quality, qp)
-    _check_codec(kind, codec)
+    try:
+        if size is None and source == "demo":
+            size = codec.demo_size
+        codec = codec.configure(size=size, quality=quality, qp=qp)
+        codec.check()  # settings the codec refuses fail here, once, not as one skipped file per input
+    except (ValueError, TypeError) as e:
+        raise PrepareError(f"codec settings {codec.settings()}: {e}") from e
     out = Path(out)
     try:
-        src = find_source(kind, source, codec, limit, seed)
+        src = find_source(codec, source, limit, seed)
     except demo.DemoError as e:
         raise PrepareError(str(e)) from e
     if not src.names:
         unreadable = "".join(f"; could not read {e['path']} ({e['reason']})" for e in src.skipped)
-        raise PrepareError(f"--source {source}: found no {'images' if kind == 'jpeg' else 'videos'}{unreadable}")
+        raise PrepareError(f"--source {source}: found no {codec.media}{unreadable}")
     run = {
-        "format_version": FORMAT_VERSION, "kind": kind, "codec": codec, "source": src.description,
+        "format_version": FORMAT_VERSION, "kind": codec.kind, "codec": codec.settings(), "source": src.description,
         "files_sha256": hashlib.sha256("\n".join(src.names).encode("utf-8")).hexdigest(),
         "merges": merges, "tokenizer_docs": tokenizer_docs,
         "tokenizer": _load_tokenizer(tokenizer).sha256 if tokenizer is not None else None,
@@ -611,11 +562,11 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
     if len(todo) < len(records):
         print(f"resuming: {len(records) - len(todo)} of {len(records)} shards already written", file=sys.stderr)
 
-    pool = _Pool(workers, (kind, codec, str(out / TOKENIZER)))
+    pool = _Pool(workers, (codec, str(out / TOKENIZER)))
     try:
-        tok, origin = _tokenizer(out, pool, src, split_idx["train"], kind, merges, tokenizer_docs,
-                                 tokenizer, seed, BATCH[kind])
-        records.update(_encode_shards(out, pool, src, plan, todo, BATCH[kind]))
+        tok, origin = _tokenizer(out, pool, src, split_idx["train"], codec, merges, tokenizer_docs,
+                                 tokenizer, seed, codec.batch)
+        records.update(_encode_shards(out, pool, src, plan, todo, codec.batch))
     finally:
         pool.close()
 
@@ -627,7 +578,7 @@ def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None,
         skipped += [entry for r in recs for entry in r["skipped"]]
     manifest = {
         "format_version": FORMAT_VERSION,
-        "kind": kind,
+        "kind": codec.kind,
         "codec": run["codec"],
         "source": src.description,
         "seed": seed, "val_fraction": val_fraction, "limit": limit, "shard_files": shard_files,
@@ -658,7 +609,7 @@ def _parse_size(text: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nanocodec.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--kind", required=True, choices=tuple(CODECS))
     parser.add_argument("--source", required=True, help="a folder (recursive), a text file of paths, or 'demo'")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
     parser.add_argument("--size", type=_parse_size,
@@ -675,8 +626,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-files", type=int, help="files per shard (default 4096 jpeg, 1024 avc)")
     args = parser.parse_args(argv)
-    if args.kind == "avc" and isinstance(args.size, int) or args.kind == "jpeg" and isinstance(args.size, tuple):
-        parser.error(f"--size for {args.kind} takes {'WIDTHxHEIGHT' if args.kind == 'avc' else 'one number'}")
+    codec = codec_for(args.kind)
+    if args.size is not None and isinstance(args.size, tuple) != codec.video:
+        parser.error(f"--size for {args.kind} takes {codec.size_form}")
     try:
         prepare(args.kind, args.source, args.out, size=args.size, quality=args.quality, qp=args.qp,
                 merges=args.merges, tokenizer_docs=args.tokenizer_docs, tokenizer=args.tokenizer,

@@ -1,12 +1,13 @@
-"""Generation from a trained model: logit filters, batched KV-cache decoding, constrained JPEG decoding.
+"""Generation from a trained model: logit filters, batched KV-cache decoding, constrained decoding.
 
 Owns: the small pure functions that turn logits into a next token (temperature, top-k, top-p,
 `sample_next`), the generation loop (`generate`: ragged prompts in one batch, the model's static KV
-cache, a stop at EOS per row, an optional `Constraint`), `JpegConstraint`, which keeps every row
-a viable prefix of a valid JPEG stream with one `nanocodec.huffman.Validator` per row, and
+cache, a stop at EOS per row, an optional `Constraint`), `StreamConstraint`, which keeps every row
+a viable prefix of a valid stream with one incremental validator per row (`JpegConstraint`: with
+`nanocodec.huffman.Validator`), `prompt_problem` (does a prompt leave room in the context), and
 `complete`, which turns codec-byte prompts into whole streams checked by the codec's validator.
-Does not own: loading checkpoints (nanocodec.checkpoint), prompts and files on disk (sample.py),
-metrics (nanocodec.eval).
+Does not own: which validator a codec has and how it checks streams (nanocodec.codecs), loading
+checkpoints (nanocodec.checkpoint), prompts and files on disk (sample.py), metrics (nanocodec.eval).
 
 Ragged prompts follow the LLaMA reference generator: the shortest prompt is prefilled for every row,
 and rows with a longer prompt are fed their own prompt tokens through the decode steps instead of
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import torch
 from tqdm import tqdm
+
+from nanocodec.codecs import Codec, codec_for
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -94,17 +97,29 @@ class Constraint:
         return None
 
 
-class JpegConstraint(Constraint):
-    """Keep each row a viable prefix of a valid JPEG stream, and end it with EOS once it is complete.
+class StreamValidator(Protocol):
+    """What `StreamConstraint` needs of a codec's incremental validator (a fresh one: no bytes yet)."""
 
+    def feed(self, chunk: bytes) -> bool: ...  # append; False once no continuation can make the bytes valid
+    def clone(self) -> StreamValidator: ...
+    @property
+    def complete(self) -> bool: ...  # the bytes so far are a whole valid stream: EOS may come
+    @property
+    def done(self) -> bool: ...  # complete, and nothing more may follow: EOS must come
+
+
+class StreamConstraint(Constraint):
+    """Keep each row a viable prefix of a valid stream, and let it end with EOS once it is complete.
+
+    `validator` is the class of the codec's incremental validator (`StreamValidator`), one per row.
     `prefixes[row]` holds the codec bytes already in that row's prompt (BOS excluded). `header`, when
     given, pins the start of every stream to these bytes (e.g. the headers through SOS of the
-    checkpoint's image size), so even an untrained model yields images of the trained size.
+    checkpoint's image size), so even an untrained model yields images of the trained size. `stream`
+    names the format in errors.
     """
 
-    def __init__(self, tokenizer, prefixes: Sequence[bytes], header: bytes = b"") -> None:
-        from nanocodec.huffman import Validator
-
+    def __init__(self, validator: type[StreamValidator], tokenizer, prefixes: Sequence[bytes], header: bytes = b"",
+                 stream: str = "JPEG") -> None:
         self.eos_id = tokenizer.eos_id
         specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
         self.token_bytes = [b"" if i in specials else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
@@ -112,12 +127,12 @@ class JpegConstraint(Constraint):
         self.validators = []
         self.lengths = []
         for row, prefix in enumerate(prefixes):
-            validator = Validator()
-            if prefix and not validator.feed(bytes(prefix)):
-                raise ValueError(f"prompt of row {row} ({len(prefix)} bytes) is not a viable prefix of a valid JPEG stream")
+            checker = validator()
+            if prefix and not checker.feed(bytes(prefix)):
+                raise ValueError(f"prompt of row {row} ({len(prefix)} bytes) is not a viable prefix of a valid {stream} stream")
             if not _agrees(self.header, 0, bytes(prefix)):
                 raise ValueError(f"prompt of row {row} does not start with the pinned header")
-            self.validators.append(validator)
+            self.validators.append(checker)
             self.lengths.append(len(prefix))
 
     def forced(self, row: int) -> int | None:
@@ -126,7 +141,7 @@ class JpegConstraint(Constraint):
     def accept(self, row: int, token: int) -> bool:
         validator = self.validators[row]
         if token == self.eos_id:
-            return validator.done
+            return validator.complete
         chunk = self.token_bytes[token]
         if not chunk or validator.done or not _agrees(self.header, self.lengths[row], chunk):
             return False
@@ -136,6 +151,15 @@ class JpegConstraint(Constraint):
         self.validators[row] = trial
         self.lengths[row] += len(chunk)
         return True
+
+
+class JpegConstraint(StreamConstraint):
+    """`StreamConstraint` for JPEG: one `nanocodec.huffman.Validator` per row."""
+
+    def __init__(self, tokenizer, prefixes: Sequence[bytes], header: bytes = b"") -> None:
+        from nanocodec.huffman import Validator
+
+        super().__init__(Validator, tokenizer, prefixes, header, stream="JPEG")
 
 
 def _agrees(header: bytes, offset: int, chunk: bytes) -> bool:
@@ -315,34 +339,18 @@ class Completions:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def jpeg_settings(codec: dict) -> dict:
-    """The `nanocodec.jpeg.encode` settings in a data manifest's "codec" entry."""
-    return {k: codec[k] for k in ("size", "quality", "subsampling", "restart_blocks") if k in codec}
+def is_valid(kind: str | Codec, data: bytes) -> bool:
+    """Whether the codec's validator accepts `data` as it is (`Codec.validate`)."""
+    return codec_for(kind).validate(data).ok
 
 
-def jpeg_header(codec: dict) -> bytes:
-    """The headers through SOS that every stream with these codec settings starts with (to pin)."""
-    from PIL import Image
-
-    from nanocodec import jpeg
-
-    if "size" not in codec:
-        raise ValueError(f"codec settings {codec} name no image size")
-    gray = Image.new("RGB", (codec["size"], codec["size"]), (128, 128, 128))
-    return jpeg.prompt(jpeg.encode(gray, **jpeg_settings(codec)), 0.0)
-
-
-def is_valid(kind: str, data: bytes) -> bool:
-    """Whether the codec's validator accepts `data` as it is (nanocodec.huffman / nanocodec.avc)."""
-    if kind == "jpeg":
-        from nanocodec import huffman
-
-        return huffman.validate(data).ok
-    if kind == "avc":
-        from nanocodec import avc
-
-        return avc.validate(data).ok
-    raise ValueError(f"unknown codec kind {kind!r} (expected 'jpeg' or 'avc')")
+def prompt_problem(bundle, prefix: bytes) -> tuple[int, str | None]:
+    """The prompt's length in tokens (BOS included), and why the model cannot continue it (or None)."""
+    tokens = len(bundle.tokenizer.encode(prefix, bos=True))
+    context = bundle.model.config.max_seq_len
+    if tokens >= context:
+        return tokens, f"{tokens} tokens, which fill the model's context of {context} tokens"
+    return tokens, None
 
 
 def complete(
@@ -350,7 +358,7 @@ def complete(
     tokenizer,
     prefixes: Sequence[bytes],
     *,
-    kind: str = "jpeg",
+    kind: str | Codec = "jpeg",
     header: bytes = b"",
     constrain: bool = False,
     temperature: float = 1.0,
@@ -364,15 +372,17 @@ def complete(
 ) -> Completions:
     """Continue each codec prefix (b"" for unconditional) into a whole stream, `batch_size` rows at a time.
 
-    Prompts are tokenized with BOS (the split pattern makes a prefix cut at an MCU or NAL boundary
-    tokenize to a prefix of the whole file's tokens). With `constrain` (JPEG only) every row is
-    kept a viable JPEG prefix and ends exactly when the stream is complete; `header` pins the start
-    of unconditional streams. A constrained row can only get stuck if the validator calls a dead
-    prefix viable; such a row is generated again, up to `retries` times, and counted. Every result
-    is checked with the codec's validator.
+    `kind` is a codec or its kind name (nanocodec.codecs). Prompts are tokenized with BOS (the split
+    pattern makes a prefix cut at an MCU or NAL boundary tokenize to a prefix of the whole file's
+    tokens). With `constrain` (codecs with a validator: `Codec.constraint`) every row is kept a
+    viable prefix and ends exactly when the stream is complete; `header` pins the start of
+    unconditional streams. A constrained row can only get stuck if the validator calls a dead prefix
+    viable; such a row is generated again, up to `retries` times, and counted. Every result is
+    checked with the codec's validator.
     """
-    if constrain and kind != "jpeg":
-        raise ValueError(f"constrained decoding checks JPEG streams only; this is a {kind!r} model")
+    codec = codec_for(kind)
+    if constrain and codec.constraint_problem():
+        raise ValueError(codec.constraint_problem())
     max_new_tokens = model.config.max_seq_len if max_new_tokens is None else max_new_tokens
     banned = (tokenizer.bos_id, tokenizer.pad_id)
     samples: list[Sample | None] = [None] * len(prefixes)
@@ -384,7 +394,7 @@ def complete(
         rows, queue = queue[:batch_size], queue[batch_size:]
         chunk = [bytes(prefixes[i]) for i in rows]
         prompts = [tokenizer.encode(p, bos=True) for p in chunk]
-        constraint = JpegConstraint(tokenizer, chunk, header) if constrain else None
+        constraint = codec.constraint(tokenizer, chunk, header) if constrain else None
         out = generate(model, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                        banned=banned, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                        constraint=constraint, progress=progress)
@@ -396,7 +406,7 @@ def complete(
                 retried += 1
                 continue
             data = prefix + tokenizer.decode(tokens)
-            samples[i] = Sample(prefix, data, is_valid(kind, data), finished)
+            samples[i] = Sample(prefix, data, codec.validate(data).ok, finished)
             bar.update(1)
     bar.close()
     return Completions(samples, new_tokens, seconds, retried)

@@ -7,7 +7,7 @@ heat map of those bits with its scale (`surprise_image`), one per file (`surpris
 `python -m nanocodec.compress --surprise`) or a column of val images (`write_val_maps`, for
 `python -m nanocodec.eval --surprise=N`).
 Does not own: the bits themselves (nanocodec.compress codes them; `token_bits` here is a plain
-forward pass), the regions of a stream (nanocodec.eval.byte_regions).
+forward pass), the regions of a stream and its pictures (nanocodec.codecs.JPEG).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from nanocodec import jpeg
+from nanocodec.codecs import ENTROPY, JPEG, RESTART
 
 # A perceptually ordered dark-to-bright ramp (after matplotlib's "inferno"): cheap MCUs dark.
 RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], dtype=np.float64)
@@ -32,8 +33,6 @@ def mcu_bits(stream: bytes, tokens: list[int] | np.ndarray, bits: np.ndarray, to
     `tokens` are the stream's tokens (EOS may follow them; BOS is not among them) and `bits` their
     -log2 p under the model. MCUs past the last coded interval are NaN.
     """
-    from nanocodec.eval import ENTROPY, RESTART, byte_regions
-
     info = jpeg.frame_info(stream)
     if not info.restart_interval:
         raise ValueError("stream has no restart markers: bits cannot be placed on MCUs")
@@ -41,7 +40,7 @@ def mcu_bits(stream: bytes, tokens: list[int] | np.ndarray, bits: np.ndarray, to
     rows, cols = math.ceil(info.height / (8 * vmax)), math.ceil(info.width / (8 * hmax))
     lengths = np.array([len(tokenizer.token_bytes(int(t))) for t in tokens], dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    regions = byte_regions(stream)
+    regions = JPEG().regions(stream)
     inside = (lengths > 0) & (starts < len(stream))
     inside[inside] = np.isin(regions[starts[inside]], (ENTROPY, RESTART))
     offsets = np.array(jpeg.restart_offsets(stream))
@@ -61,7 +60,7 @@ def colorize(values: np.ndarray, top: float) -> np.ndarray:
 
 def surprise_image(stream: bytes, per_mcu: np.ndarray, codec: dict, top: float | None = None) -> Image.Image:
     """The decoded image beside its heat map of bits per MCU and a scale from 0 to `top` bits."""
-    image = jpeg.decode(stream, codec.get("quality", 25), codec.get("subsampling", "4:2:0"), repair=True)
+    image = JPEG.from_settings(codec).to_images(stream)[0]  # repaired when invalid
     scale = max(1, DISPLAY // max(image.size))
     size = (image.size[0] * scale, image.size[1] * scale)
     top = float(np.nanmax(per_mcu)) if top is None else top

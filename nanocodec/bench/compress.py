@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from nanocodec import jpeg
 from nanocodec.bench._timing import best_time
+from nanocodec.codecs import JPEG
 
 LEPTON_FIXED_HEADER = 28  # magic, version, type, threads, reserved, revision, file size, header size
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
@@ -71,14 +71,14 @@ def load_files(source: Path, limit: int) -> tuple[list[tuple[str, bytes]], str]:
         from nanocodec.bpe import Tokenizer
 
         manifest = data.manifest(source)
-        codec = manifest.get("codec", {})
+        codec = JPEG.from_settings(manifest.get("codec", {}))
         tokenizer = Tokenizer.load(source / "tokenizer.json")
         files = []
         for i, doc in enumerate(data.documents(source, "val")):
             if limit and i == limit:
                 break
             stream = tokenizer.decode(doc)
-            files.append((f"val_{i:05d}.jpg", jpeg.restore(stream, codec.get("quality", 25), codec.get("subsampling", "4:2:0"))))
+            files.append((f"val_{i:05d}.jpg", codec.to_file(stream)))
         return files, f"val split of {source} restored to full JFIF files"
     paths = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     paths = paths[:limit] if limit else paths

@@ -67,7 +67,7 @@ def _run(model, prompt: list[int], eos: int, pad: int, tokens: int, processor=No
 def main(argv: list[str]) -> None:
     from nanocodec import demo, huffman, jpeg
     from nanocodec.hf import JpegLogitsProcessor
-    from nanocodec.sampling import jpeg_header
+    from nanocodec.codecs import JPEG
 
     parser = argparse.ArgumentParser(prog="python -m nanocodec.bench hf", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=300)
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    header = jpeg_header({"size": 64})
+    header = JPEG(size=64).header()
     streams = [jpeg.encode(im, size=64) for im in demo.render_images(demo.image_crops(64, seed=0), 64)]
     print(f"{args.tokens} tokens at most from BOS, batch 1, CPU, {torch.get_num_threads()} threads")
     for vocab in (int(v) for v in args.vocabs.split(",")):

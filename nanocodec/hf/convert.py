@@ -33,13 +33,14 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
+from nanocodec.codecs import JPEG
 from nanocodec.hf import HfError
 from nanocodec.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 # The paper's JPEG settings (appendix D), recorded as a prepared manifest records them.
-PAPER_CODEC = {"size": 256, "quality": 25, "subsampling": "4:2:0", "restart_blocks": 1}
+PAPER_CODEC = JPEG().settings()
 # The paper's sampling defaults (section 5): what generation_config.json tells HF generate.
 PAPER_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 40, "top_p": 0.9}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -279,7 +280,7 @@ def bpe_from_hf(path: Path):
 def manifest_for(tokenizer, codec: dict, source: str) -> dict:
     """A data manifest's codec and tokenizer entries for an imported model (it has no data folder)."""
     return {
-        "format_version": 1, "kind": "jpeg", "codec": codec, "source": source,
+        "format_version": 1, "kind": JPEG.kind, "codec": codec, "source": source,
         "tokenizer_sha256": tokenizer.sha256,
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
                       "pad_id": tokenizer.pad_id, "from": source},
@@ -290,7 +291,6 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
                       dtype: str = "auto", overwrite: bool = False) -> dict:
     """Convert the HF Llama folder `hf_dir` into a nanocodec checkpoint in `out_dir`; returns a summary."""
     from nanocodec import checkpoint
-    from nanocodec.sampling import jpeg_header
 
     began = time.perf_counter()
     hf_dir, out = Path(hf_dir), Path(out_dir)
@@ -300,8 +300,8 @@ def import_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
         raise HfError(f"{out}: already holds a checkpoint; pass --overwrite to replace it (previous/ keeps the old one)")
     codec = dict(PAPER_CODEC, **(codec or {}))
     try:
-        jpeg_header(codec)  # settings the codec refuses fail here, before any weight is read
-    except ValueError as e:
+        JPEG.from_settings(codec).check()  # settings the codec refuses fail here, before any weight is read
+    except (ValueError, TypeError) as e:
         raise HfError(f"codec settings {codec}: {e}") from None
     hf = _read_json(hf_dir / "config.json")
     c = model_config_from_hf(hf, str(hf_dir / "config.json"))

@@ -27,7 +27,8 @@ from typing import Sequence
 import torch
 
 from nanocodec.hf import HfError
-from nanocodec.sampling import JpegConstraint, constrained_pick, filtered_probs, jpeg_header
+from nanocodec.codecs import JPEG
+from nanocodec.sampling import JpegConstraint, constrained_pick, filtered_probs
 
 # HF GenerationConfig's defaults, for what a folder's generation_config.json leaves out (top-k 50 and
 # top-p 1 are also the release script's defaults).
@@ -108,7 +109,7 @@ class JpegLogitsProcessor(_HFLogitsProcessor):
         tokenizer, codec, sampling = load_folder(path)
         given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         s = {**sampling, **{k: v for k, v in given.items() if v is not None}}
-        header = jpeg_header(codec) if pin_header and "size" in codec else b""
+        header = JPEG.from_settings(codec).header() if pin_header and "size" in codec else b""
         return cls(tokenizer, prompts, header=header, do_sample=do_sample, generator=generator, **s)
 
     def decode(self, ids) -> bytes:
@@ -196,7 +197,7 @@ if _VllmAdapter is not None:
         def __init__(self, vllm_config, device, is_pin_memory: bool) -> None:
             super().__init__(vllm_config, device, is_pin_memory)
             self.tokenizer, codec, _ = load_folder(vllm_config.model_config.model)
-            self.header = jpeg_header(codec) if "size" in codec else b""
+            self.header = JPEG.from_settings(codec).header() if "size" in codec else b""
 
         def is_argmax_invariant(self) -> bool:
             return False
