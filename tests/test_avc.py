@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nanocodec import avc
+from nanocodec.h264 import syntax
 
 W, H = 256, 144
 
@@ -500,7 +501,7 @@ def test_exp_golomb_after_emulation_prevention_round_trips(values, tail):
     nals = avc.nal_units(data)
     assert len(nals) == 1 and nals[0].size == len(data)
     nal = nals[0]
-    reader = avc._Bits(avc._rbsp(data, nal))
+    reader = syntax._Bits(syntax._rbsp(data, nal))
     assert [(reader.ue(), reader.se()) for _ in values] == [(abs(v), v) for v in values]
 
 
