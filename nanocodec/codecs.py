@@ -13,8 +13,9 @@ the codec-specific steps the rest of the house shares:
   constraint(tokenizer, prefixes, header=b"") -> sampling.StreamConstraint | None
                                    sampling kept to viable prefixes, built on the class's `validator`
                                    (feed/clone/done/complete); None where the codec has none yet
-  header() -> bytes                what every stream with these settings starts with (JPEG: the
-                                   headers through SOS, pinned by constrained unconditional sampling)
+  header() -> bytes                what every stream with these settings starts with, pinned by
+                                   constrained unconditional sampling (JPEG: the headers through
+                                   SOS; AVC: the SPS and PPS)
   to_images(data) -> [Image]       a sample as pixels; see the fallback below
   to_file(data) -> bytes           the sample as a standalone file (extension `extension`)
   regions(data) -> uint8 array     a region label per byte (REGIONS) for bits per byte by region
@@ -302,7 +303,9 @@ class AVC(Codec):
         return self.size
 
     def header(self) -> bytes:
-        return b""
+        """The SPS and PPS x264 writes for these settings and frames given as pixels (the demo data's)."""
+        width, height = self.size
+        return avc.prompt(self.encode([np.full((height, width, 3), 128, np.uint8)]), 0)
 
     def to_file(self, data: bytes) -> bytes:
         return bytes(data)

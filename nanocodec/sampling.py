@@ -115,7 +115,8 @@ class StreamConstraint(Constraint):
     `prefixes[row]` holds the codec bytes already in that row's prompt (BOS excluded). `header`, when
     given, pins the start of every stream to these bytes (e.g. the headers through SOS of the
     checkpoint's image size), so even an untrained model yields images of the trained size. `stream`
-    names the format in errors.
+    names the format in errors. `complete_at[row]` counts the tokens the row had taken when its
+    stream was last complete (None: never), where `complete` cuts a row that ran out of tokens.
     """
 
     def __init__(self, validator: type[StreamValidator], tokenizer, prefixes: Sequence[bytes], header: bytes = b"",
@@ -126,6 +127,8 @@ class StreamConstraint(Constraint):
         self.header = bytes(header)
         self.validators = []
         self.lengths = []
+        self.taken: list[int] = []
+        self.complete_at: list[int | None] = []
         for row, prefix in enumerate(prefixes):
             checker = validator()
             if prefix and not checker.feed(bytes(prefix)):
@@ -134,6 +137,8 @@ class StreamConstraint(Constraint):
                 raise ValueError(f"prompt of row {row} does not start with the pinned header")
             self.validators.append(checker)
             self.lengths.append(len(prefix))
+            self.taken.append(0)
+            self.complete_at.append(0 if prefix and checker.complete else None)
 
     def forced(self, row: int) -> int | None:
         return self.eos_id if self.validators[row].done else None
@@ -150,6 +155,9 @@ class StreamConstraint(Constraint):
             return False
         self.validators[row] = trial
         self.lengths[row] += len(chunk)
+        self.taken[row] += 1
+        if trial.complete:
+            self.complete_at[row] = self.taken[row]
         return True
 
 
@@ -319,12 +327,17 @@ def generate(
 
 @dataclass
 class Sample:
-    """One finished stream: the prompt's codec bytes, the whole stream, and its validity unrepaired."""
+    """One finished stream: the prompt's codec bytes, the whole stream, and its validity unrepaired.
+
+    `cut`: a constrained row that ran out of tokens (or got stuck), cut back to where its stream was
+    last complete (H.264: its last whole picture).
+    """
 
     prompt: bytes
     data: bytes
     ok: bool
     finished: bool
+    cut: bool = False
 
 
 @dataclass
@@ -376,9 +389,10 @@ def complete(
     pattern makes a prefix cut at an MCU or NAL boundary tokenize to a prefix of the whole file's
     tokens). With `constrain` (codecs with a validator: `Codec.constraint`) every row is kept a
     viable prefix and ends exactly when the stream is complete; `header` pins the start of
-    unconditional streams. A constrained row can only get stuck if the validator calls a dead prefix
-    viable; such a row is generated again, up to `retries` times, and counted. Every result is
-    checked with the codec's validator.
+    unconditional streams; a row that runs out of `max_new_tokens` or context is cut back to where
+    its stream was last complete (a video to its last whole picture; `Sample.cut`). A constrained row
+    can only get stuck if the validator calls a dead prefix viable; such a row is generated again, up
+    to `retries` times, and counted. Every result is checked with the codec's validator.
     """
     codec = codec_for(kind)
     if constrain and codec.constraint_problem():
@@ -399,14 +413,16 @@ def complete(
                        banned=banned, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                        constraint=constraint, progress=progress)
         new_tokens, seconds = new_tokens + out.new_tokens, seconds + out.seconds
-        for i, prefix, tokens, finished, stuck in zip(rows, chunk, out.tokens, out.finished, out.stuck):
+        for row, (i, prefix, tokens, finished, stuck) in enumerate(zip(rows, chunk, out.tokens, out.finished, out.stuck)):
             attempts[i] += 1
             if stuck and attempts[i] <= retries:
                 queue.append(i)
                 retried += 1
                 continue
-            data = prefix + tokenizer.decode(tokens)
-            samples[i] = Sample(prefix, data, codec.validate(data).ok, finished)
+            keep = constraint.complete_at[row] if constraint is not None and not finished else None
+            cut = keep is not None and keep < len(tokens)
+            data = prefix + tokenizer.decode(tokens[:keep] if cut else tokens)
+            samples[i] = Sample(prefix, data, codec.validate(data).ok, finished, cut)
             bar.update(1)
     bar.close()
     return Completions(samples, new_tokens, seconds, retried)

@@ -87,4 +87,4 @@ def test_avc_steps_match_the_format_module():
     pictures = c.to_images(data)
     assert len(pictures) == 3 and all(p.size == (32, 16) for p in pictures)
     assert c.to_images(b"\x00\x00\x01garbage") == [] and c.blank().size == (32, 16)
-    assert (c.regions(data) == HEADERS).all() and c.header() == b""
+    assert (c.regions(data) == HEADERS).all() and c.header() == avc.prompt(data, 0)  # the SPS and PPS

@@ -81,3 +81,43 @@ def test_thousands_of_mutations_print_their_counts():
     print("\n" + "\n".join(tally.lines()))
     assert not tally.false_accepts, tally.false_accepts[:3]
     assert not tally.unexplained, tally.unexplained[:3]
+
+
+@pytest.fixture(scope="module")
+def random_avc_model():
+    """A random tiny model on a BPE of three real 64x36 streams, and those streams."""
+    import torch
+
+    from nanocodec import bpe
+    from nanocodec.model import Llama, ModelConfig
+
+    streams = [oracle.sample_stream(i) for i in (2, 3, 5)]
+    tokenizer = bpe.train(streams, 32, split="avc")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
+                         max_seq_len=2048)
+    return Llama(config).eval(), tokenizer, streams
+
+
+def test_constrained_continuations_of_a_random_model_decode_with_ffmpeg(random_avc_model):
+    import torch
+
+    from nanocodec.codecs import AVC
+    from nanocodec.sampling import complete
+
+    model, tokenizer, streams = random_avc_model
+    codec = AVC(size=(64, 36))
+    for stream, given in ((streams[0], 2), (streams[1], 1)):
+        prefix = avc.prompt(stream, given)
+        out = complete(model, tokenizer, [prefix] * 3, kind=codec, constrain=True, max_new_tokens=600, top_k=40,
+                       generator=torch.Generator().manual_seed(given))
+        for sample in out.samples:
+            report = avc.validate(sample.data)
+            assert sample.ok and report.ok and sample.data.startswith(prefix), report.error
+            assert report.frames > given, f"no new picture ({report.frames} of a {given}-picture prompt)"
+            assert sample.finished or (sample.cut and h264.last_complete(sample.data) == len(sample.data))
+    unconditional = complete(model, tokenizer, [b""] * 2, kind=codec, constrain=True, header=codec.header(),
+                             max_new_tokens=600, generator=torch.Generator().manual_seed(0))
+    for sample in unconditional.samples:
+        assert sample.data.startswith(codec.header()) and avc.validate(sample.data).ok
+        assert avc.validate(sample.data).frames >= 1
