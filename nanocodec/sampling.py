@@ -115,8 +115,9 @@ class StreamConstraint(Constraint):
     `prefixes[row]` holds the codec bytes already in that row's prompt (BOS excluded). `header`, when
     given, pins the start of every stream to these bytes (e.g. the headers through SOS of the
     checkpoint's image size), so even an untrained model yields images of the trained size. `stream`
-    names the format in errors. `complete_at[row]` counts the tokens the row had taken when its
-    stream was last complete (None: never), where `complete` cuts a row that ran out of tokens.
+    names the format in errors. EOS may come once the stream is complete and the row has added a
+    nonzero byte to its prompt: a video prompt of whole pictures is complete already, and zero bytes
+    after it are padding, so its continuation must add a picture first.
     """
 
     def __init__(self, validator: type[StreamValidator], tokenizer, prefixes: Sequence[bytes], header: bytes = b"",
@@ -127,8 +128,8 @@ class StreamConstraint(Constraint):
         self.header = bytes(header)
         self.validators = []
         self.lengths = []
-        self.taken: list[int] = []
-        self.complete_at: list[int | None] = []
+        self.starts = []  # each row's validator after its prompt, for `last_complete`
+        self.grown: list[bool] = []
         for row, prefix in enumerate(prefixes):
             checker = validator()
             if prefix and not checker.feed(bytes(prefix)):
@@ -137,8 +138,8 @@ class StreamConstraint(Constraint):
                 raise ValueError(f"prompt of row {row} does not start with the pinned header")
             self.validators.append(checker)
             self.lengths.append(len(prefix))
-            self.taken.append(0)
-            self.complete_at.append(0 if prefix and checker.complete else None)
+            self.starts.append(checker.clone())
+            self.grown.append(False)
 
     def forced(self, row: int) -> int | None:
         return self.eos_id if self.validators[row].done else None
@@ -146,7 +147,7 @@ class StreamConstraint(Constraint):
     def accept(self, row: int, token: int) -> bool:
         validator = self.validators[row]
         if token == self.eos_id:
-            return validator.complete
+            return self.grown[row] and validator.complete
         chunk = self.token_bytes[token]
         if not chunk or validator.done or not _agrees(self.header, self.lengths[row], chunk):
             return False
@@ -155,10 +156,20 @@ class StreamConstraint(Constraint):
             return False
         self.validators[row] = trial
         self.lengths[row] += len(chunk)
-        self.taken[row] += 1
-        if trial.complete:
-            self.complete_at[row] = self.taken[row]
+        self.grown[row] = self.grown[row] or any(chunk)
         return True
+
+    def last_complete(self, row: int, tokens: Sequence[int]) -> int | None:
+        """How many of `tokens` (the row's accepted tokens) end where its stream was last complete
+        (None: nowhere, not even at its prompt). Replayed here, since `complete` may cost far more
+        than a `feed`."""
+        validator = self.starts[row].clone()
+        last = 0 if validator.complete else None
+        for taken, token in enumerate(tokens, 1):
+            validator.feed(self.token_bytes[token])
+            if validator.complete:
+                last = taken
+        return last
 
 
 class JpegConstraint(StreamConstraint):
@@ -419,7 +430,7 @@ def complete(
                 queue.append(i)
                 retried += 1
                 continue
-            keep = constraint.complete_at[row] if constraint is not None and not finished else None
+            keep = constraint.last_complete(row, tokens) if constraint is not None and not finished else None
             cut = keep is not None and keep < len(tokens)
             data = prefix + tokenizer.decode(tokens[:keep] if cut else tokens)
             samples[i] = Sample(prefix, data, codec.validate(data).ok, finished, cut)

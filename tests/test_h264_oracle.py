@@ -107,17 +107,17 @@ def test_constrained_continuations_of_a_random_model_decode_with_ffmpeg(random_a
 
     model, tokenizer, streams = random_avc_model
     codec = AVC(size=(64, 36))
-    for stream, given in ((streams[0], 2), (streams[1], 1)):
+    for stream, given in ((streams[1], 1),):
         prefix = avc.prompt(stream, given)
-        out = complete(model, tokenizer, [prefix] * 3, kind=codec, constrain=True, max_new_tokens=600, top_k=40,
+        out = complete(model, tokenizer, [prefix] * 2, kind=codec, constrain=True, max_new_tokens=1200, top_k=40,
                        generator=torch.Generator().manual_seed(given))
         for sample in out.samples:
             report = avc.validate(sample.data)
             assert sample.ok and report.ok and sample.data.startswith(prefix), report.error
             assert report.frames > given, f"no new picture ({report.frames} of a {given}-picture prompt)"
             assert sample.finished or (sample.cut and h264.last_complete(sample.data) == len(sample.data))
-    unconditional = complete(model, tokenizer, [b""] * 2, kind=codec, constrain=True, header=codec.header(),
-                             max_new_tokens=600, generator=torch.Generator().manual_seed(0))
+    unconditional = complete(model, tokenizer, [b""], kind=codec, constrain=True, header=codec.header(),
+                             max_new_tokens=1200, generator=torch.Generator().manual_seed(0))
     for sample in unconditional.samples:
         assert sample.data.startswith(codec.header()) and avc.validate(sample.data).ok
         assert avc.validate(sample.data).frames >= 1

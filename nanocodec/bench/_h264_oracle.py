@@ -47,8 +47,25 @@ KINDS = ("flip", "byte", "insert", "delete", "truncate", "splice", "duplicate", 
 SPLICES = (b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x03", b"\x00\x00\x00", b"\x00\x00",
            b"\x80", b"\xff\xff")
 
-# Our reason (a regex) -> the H.264 rule it enforces that FFmpeg's decoder lets pass.
-STRICTER: dict[str, str] = {}
+# Our reason (a regex) -> the H.264 rule (ITU-T H.264 clause) it enforces that FFmpeg's decoder lets pass.
+STRICTER = {
+    "emulation_prevention_three_byte (followed by|where no)": "7.4.1: in a NAL unit 00 00 03 is followed "
+        "by 00, 01, 02 or 03 only (FFmpeg drops any 03 after 00 00 and reads on)",
+    "00 00 02 inside a NAL unit": "7.4.1: 00 00 02 never occurs inside a NAL unit (FFmpeg reads it as data)",
+    "rbsp_stop_one_bit .* is not 1|rbsp_alignment_zero_bit .* is not 0": "7.3.2.11: a NAL unit ends with "
+        "rbsp_trailing_bits, one 1 bit then 0 bits to the byte boundary (FFmpeg takes the last 1 bit as the "
+        "stop bit and ignores leftover bits after an SPS or a picture's last macroblock)",
+    "reserved_zero_2bits": "7.4.2.1.1: reserved_zero_2bits of the SPS are 0",
+    "aspect_ratio_idc .* is reserved": "E.2.1, Table E-1: aspect_ratio_idc 17..254 are reserved (FFmpeg "
+        "logs a warning and goes on)",
+    "chroma_sample_loc_type_(top|bottom)_field outside": "E.2.1: chroma_sample_loc_type_top/bottom_field "
+        "are 0..5",
+    "max_bits_per_mb_denom outside": "E.2.1: max_bits_per_mb_denom is 0..16",
+    "log2_max_mv_length_(horizontal|vertical)": "E.2.1: log2_max_mv_length_horizontal/vertical are 0..16",
+    "max_dec_frame_buffering .* outside": "E.2.1: max_num_ref_frames <= max_dec_frame_buffering <= 16",
+    "SPS: the NAL unit ends early": "7.3.2.1.1/E.1.1: an SPS holds every field its flags announce (FFmpeg "
+        "only warns, 'Truncated VUI', when the timing info is cut short)",
+}
 OUT_OF_SCOPE = "^unsupported: "
 
 
@@ -123,7 +140,7 @@ class Tally:
     mutations: int = 0
     both_ok: int = 0
     both_reject: int = 0
-    out_of_scope: int = 0
+    out_of_scope: collections.Counter = field(default_factory=collections.Counter)
     false_accepts: list[tuple[str, bytes]] = field(default_factory=list)
     unexplained: list[tuple[str, bytes]] = field(default_factory=list)
     stricter: collections.Counter = field(default_factory=collections.Counter)
@@ -145,7 +162,7 @@ class Tally:
             self.both_reject += 1
         elif re.search(OUT_OF_SCOPE, ours.reason):
             outcome = "out of scope"
-            self.out_of_scope += 1
+            self.out_of_scope[re.sub(r" \(.*", "", ours.reason)] += 1
         else:
             outcome = "stricter"
             rule = explain(ours.reason)
@@ -159,12 +176,14 @@ class Tally:
     def lines(self) -> list[str]:
         out = [f"{self.streams} real streams, {self.mutations} mutated streams: {self.both_ok} both ok, "
                f"{self.both_reject} both reject, {len(self.false_accepts)} false accepts (ours ok, FFmpeg "
-               f"rejects), {sum(self.stricter.values())} stricter than FFmpeg, {self.out_of_scope} out of scope"]
+               f"rejects), {sum(self.stricter.values())} stricter than FFmpeg, "
+               f"{sum(self.out_of_scope.values())} out of scope and accepted by FFmpeg"]
         outcomes = ("both ok", "both reject", "stricter", "out of scope", "FALSE ACCEPT")
         out.append(f"{'mutation @ NAL':24}" + "".join(f"{name:>14}" for name in outcomes))
         for label in sorted(self.by_kind):
             out.append(f"{label:24}" + "".join(f"{self.by_kind[label][name]:>14}" for name in outcomes))
         out += [f"{n:6d} x stricter: {rule}" for rule, n in self.stricter.most_common()]
+        out += [f"{n:6d} x out of scope: {reason}" for reason, n in self.out_of_scope.most_common()]
         out += [f"false accept: {why} ({len(data)} bytes: {data[:48].hex()}...)" for why, data in self.false_accepts[:5]]
         return out
 
