@@ -10,6 +10,7 @@ these primitives and rbsp_trailing_bits.
 """
 from __future__ import annotations
 
+import array
 from collections.abc import Collection, Sequence
 
 UE_MAX = (1 << 32) - 2  # the longest exp-Golomb code FFmpeg reads has 31 leading zeros
@@ -28,16 +29,17 @@ MORE = More()
 
 def vlc_table(codes: dict[int, tuple[int, int]], what: str) -> tuple:
     """A lookup table for a prefix code {symbol: (length, code)}: (max length, entries indexed by
-    the next max-length bits (length << 16 | symbol, or -1), the set of (n, bits) that are proper
-    prefixes of some code, what the code is called)."""
+    the next max-length bits (length << 16 | symbol, or -1), the proper prefixes of codes (n bits
+    b as 1 << n | b), what the code is called). Arrays and int sets keep the tables out of the
+    garbage collector's walks (eight 64K-entry lists would cost it milliseconds)."""
     width = max(length for length, _ in codes.values())
-    look = [-1] * (1 << width)
+    look = array.array("l", [-1]) * (1 << width)
     prefixes = set()
     for symbol, (length, code) in codes.items():
         start = code << (width - length)
-        look[start:start + (1 << (width - length))] = [length << 16 | symbol] * (1 << (width - length))
+        look[start:start + (1 << (width - length))] = array.array("l", [length << 16 | symbol]) * (1 << (width - length))
         for n in range(1, length):
-            prefixes.add((n, code >> (length - n)))
+            prefixes.add(1 << n | code >> (length - n))
     return width, look, frozenset(prefixes), what
 
 
@@ -111,7 +113,14 @@ class Reader:
     def _golomb(self) -> int:
         """The code number k of an exp-Golomb code; when cut off raises _Cut(a, b): the k it may
         still become lie in a..b (b None: unbounded)."""
-        left, rest = self._rest()
+        left = self.size - self.pos
+        if left >= 64:  # the common case: the whole code lies in the next 64 bits
+            window = (self.value >> (left - 64)) & 0xFFFFFFFFFFFFFFFF
+            zeros = 64 - window.bit_length()
+            if zeros <= 31:
+                self.pos += 2 * zeros + 1
+                return (window >> (63 - 2 * zeros)) - 1
+        rest = self.value & ((1 << left) - 1)
         if not rest:
             raise _Cut((1 << left) - 1, None, left)
         zeros = left - rest.bit_length()
@@ -172,7 +181,7 @@ class Reader:
             top = self.value & ((1 << left) - 1)
             entry = look[top << (width - left)]
             if entry < 0 or entry >> 16 > left:
-                if (left, top) in prefixes:
+                if 1 << left | top in prefixes:
                     raise MORE
                 raise Dead(f"no {what} code starts here")
         self.pos += entry >> 16

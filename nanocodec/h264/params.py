@@ -14,6 +14,9 @@ from typing import NamedTuple
 from nanocodec.h264.bits import Dead, Reader
 
 MAX_PIXELS = 8192 * 4320  # nanocodec.avc decodes with this max_pixels bound
+# FFmpeg reads some ue(v) fields with short readers: get_ue_golomb_31 takes at most 4 leading
+# zeros (values up to 30), get_ue_golomb at most 12 (values up to 8190); longer codes are refused.
+UE_31, UE_SHORT = 30, 8190
 _BASELINE_LIKE = (66, 77, 88)  # profiles whose SPS has no chroma_format_idc and scaling lists
 
 
@@ -37,6 +40,7 @@ class Pps(NamedTuple):
     sps_id: int
     raw: bytes
     num_ref_idx_default: int
+    num_ref_idx_l1_default: int  # unused by P slices, yet FFmpeg refuses one above 16 there
     pic_init_qp: int
     deblocking_control: bool
 
@@ -45,15 +49,22 @@ def unsupported(what: str) -> Dead:
     return Dead(f"unsupported: {what}")
 
 
+def _only(read, feature: str):
+    """read(), whose refusals all mean a feature outside the supported set."""
+    try:
+        return read()
+    except Dead:
+        raise unsupported(feature) from None
+
+
 def parse_sps(r: Reader, rbsp: bytes) -> Sps:
     """Read an SPS; `rbsp` is the NAL's payload (what a repeat is compared by, as FFmpeg does)."""
-    profile = r.u(8)
-    if profile not in _BASELINE_LIKE:
-        raise unsupported(f"profile_idc {profile} (only Baseline, Main and Extended SPS syntax)")
+    _only(lambda: r.u_of(8, _BASELINE_LIKE, "profile_idc"),
+          "profile_idc other than 66, 77 or 88 (High-profile SPS syntax)")
     r.u(6)  # constraint_set0..5_flag
     r.u_of(2, (0,), "reserved_zero_2bits")
     r.u(8)  # level_idc
-    sps_id = r.ue(0, 31, "seq_parameter_set_id")
+    sps_id = r.ue(0, UE_31, "seq_parameter_set_id")
     log2_max_frame_num = r.ue(0, 12, "log2_max_frame_num_minus4") + 4
     poc_type = r.ue(0, 2, "pic_order_cnt_type")
     if poc_type == 1:
@@ -62,16 +73,16 @@ def parse_sps(r: Reader, rbsp: bytes) -> Sps:
     # Fewer references than frame_num values, so a new frame_num never names one still in use.
     max_refs = r.ue(0, min(16, (1 << log2_max_frame_num) - 1), "max_num_ref_frames")
     r.u(1)  # gaps_in_frame_num_value_allowed_flag
-    width = r.ue(0, MAX_PIXELS // 256 - 1, "pic_width_in_mbs_minus1") + 1
-    height = r.ue(0, _max_height_mbs(width) - 1, "pic_height_in_map_units_minus1") + 1
+    width = r.ue(0, min(MAX_PIXELS // 256 - 1, UE_SHORT), "pic_width_in_mbs_minus1") + 1
+    height = r.ue(0, min(_max_height_mbs(width) - 1, UE_SHORT), "pic_height_in_map_units_minus1") + 1
     if not r.u(1):  # frame_mbs_only_flag
         raise unsupported("interlaced coding (frame_mbs_only_flag 0)")
     r.u(1)  # direct_8x8_inference_flag
     if r.u(1):  # frame_cropping_flag: FFmpeg refuses crops that leave no picture
-        left = r.ue(0, 8 * width - 1, "frame_crop_left_offset")
-        r.ue(0, 8 * width - 1 - left, "frame_crop_right_offset")
-        top = r.ue(0, 8 * height - 1, "frame_crop_top_offset")
-        r.ue(0, 8 * height - 1 - top, "frame_crop_bottom_offset")
+        left = r.ue(0, min(8 * width - 1, UE_SHORT), "frame_crop_left_offset")
+        r.ue(0, min(8 * width - 1 - left, UE_SHORT), "frame_crop_right_offset")
+        top = r.ue(0, min(8 * height - 1, UE_SHORT), "frame_crop_top_offset")
+        r.ue(0, min(8 * height - 1 - top, UE_SHORT), "frame_crop_bottom_offset")
     if r.u(1):
         _vui(r, max_refs)
     end = r.trailing("SPS")
@@ -87,9 +98,8 @@ def _max_height_mbs(width_mbs: int) -> int:
 
 def _vui(r: Reader, max_refs: int) -> None:
     if r.u(1):  # aspect_ratio_info_present_flag
-        idc = r.u(8)
-        if 16 < idc < 255:
-            raise Dead(f"aspect_ratio_idc {idc} is reserved (FFmpeg refuses it)")
+        idc = r.u_fits(8, lambda lo, hi: lo <= 16 or hi == 255,
+                       "aspect_ratio_idc (17..254 are reserved; FFmpeg refuses them)")
         if idc == 255:
             r.u(16), r.u(16)  # sar_width, sar_height
     if r.u(1):  # overscan_info_present_flag
@@ -125,7 +135,7 @@ def _vui(r: Reader, max_refs: int) -> None:
 
 
 def _hrd(r: Reader) -> None:
-    count = r.ue(0, 31, "cpb_cnt_minus1") + 1
+    count = r.ue(0, UE_31, "cpb_cnt_minus1") + 1
     r.u(8)  # bit_rate_scale, cpb_size_scale
     for _ in range(count):
         r.ue(what="bit_rate_value_minus1")
@@ -141,10 +151,9 @@ def parse_pps(r: Reader, rbsp: bytes, spss: dict[int, Sps]) -> Pps:
         raise unsupported("CABAC (entropy_coding_mode_flag 1)")
     if r.u(1):
         raise unsupported("bottom_field_pic_order_in_frame_present_flag 1")
-    if r.ue(0, 7, "num_slice_groups_minus1"):
-        raise unsupported("slice groups (FMO)")
+    _only(lambda: r.ue_of((0,), "num_slice_groups_minus1"), "slice groups (FMO)")
     refs = r.ue(0, 31, "num_ref_idx_l0_default_active_minus1") + 1
-    r.ue(0, 31, "num_ref_idx_l1_default_active_minus1")
+    refs_l1 = r.ue(0, 31, "num_ref_idx_l1_default_active_minus1") + 1
     if r.u(1):
         raise unsupported("weighted prediction")
     r.u_in(2, 0, 2, "weighted_bipred_idc")
@@ -157,7 +166,7 @@ def parse_pps(r: Reader, rbsp: bytes, spss: dict[int, Sps]) -> Pps:
         raise unsupported("redundant pictures (redundant_pic_cnt_present_flag 1)")
     _no_extension(r, "PPS", "PPS extension (transform_8x8_mode_flag: High profile)")
     end = r.trailing("PPS")
-    return Pps(pps_id, sps_id, rbsp[:end], refs, qp, deblocking)
+    return Pps(pps_id, sps_id, rbsp[:end], refs, refs_l1, qp, deblocking)
 
 
 def _no_extension(r: Reader, what: str, extension: str) -> None:

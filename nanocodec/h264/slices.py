@@ -28,7 +28,7 @@ class Picture(NamedTuple):
     frame_num: int
     idr_pic_id: int
     poc_lsb: int
-    types: frozenset  # slice_type values seen
+    types: tuple[int, ...]  # slice_type values its next slice may take
     refs: tuple[int, ...]  # frame_num of the references it may use, oldest first
     total_mbs: int
 
@@ -141,16 +141,20 @@ def parse_header(r: Reader, seq: Seq, header: int) -> Header:
 
 
 def _slice_types(seq: Seq, idr: bool) -> tuple[int, ...]:
-    """slice_type values the next slice may take: I or P (P only with references to use); one of
-    5..9 says every slice of the picture has that type (or it minus 5)."""
-    pic = seq.pic
-    bases = (2,) if idr or not (pic.refs if pic else seq.refs) else (0, 2)
-    if pic:
-        fixed = [t for t in pic.types if t >= 5]
-        if fixed:
-            return (fixed[0] - 5, fixed[0])
-        return tuple(sorted(set(bases) | {b + 5 for b in bases if pic.types <= {b}}))
-    return tuple(sorted(bases + tuple(b + 5 for b in bases)))
+    """slice_type values the first slice of a picture may take: I or P (P only with references
+    to use), 0 and 2 or, saying every slice of the picture has the same type, 5 and 7."""
+    if seq.pic:
+        return seq.pic.types
+    return (2, 7) if idr or not seq.refs else (0, 2, 5, 7)
+
+
+def _later_types(types: tuple[int, ...], slice_type: int) -> tuple[int, ...]:
+    """What may follow a slice of `slice_type` in a picture whose slices could be `types`: a type
+    of 5..9 fixes every slice's type (to it or it minus 5), and is allowed only while every slice
+    so far has that type."""
+    if slice_type >= 5:
+        return (slice_type - 5, slice_type)
+    return tuple(t for t in types if t < 5 or t == slice_type + 5)
 
 
 def _poc_lsb(r: Reader, seq: Seq, sps: Sps, idr: bool, ref: bool) -> tuple[int, tuple[int, int, int]]:
@@ -183,9 +187,10 @@ def _poc_lsb(r: Reader, seq: Seq, sps: Sps, idr: bool, ref: bool) -> tuple[int, 
 def _ref_counts(r: Reader, pps: Pps, sps: Sps, refs: tuple[int, ...], frame_num: int) -> int:
     """num_ref_idx_active_override and ref_pic_list_modification; returns the active count."""
     active = pps.num_ref_idx_default
-    must = active > len(refs)
+    # FFmpeg checks both lists' defaults against 16, even in P slices; an override sets list 1 to one.
+    must = active > len(refs) or pps.num_ref_idx_l1_default > 16
     if r.flag_is(True if must else None, "num_ref_idx_active_override_flag (more references "
-                 "by default than decoded)"):
+                 "by default than decoded, or over 16)"):
         active = r.ue(0, min(31, len(refs) - 1), "num_ref_idx_l0_active_minus1 (below the "
                       "references decoded)") + 1
     if r.u(1):  # ref_pic_list_modification_flag_l0
@@ -204,8 +209,8 @@ def _after(seq: Seq, sps: Sps, pps_id: int, slice_type: int, idr: bool, ref: boo
            idr_pic_id: int, lsb: int, poc: tuple[int, int, int], refs: tuple[int, ...]) -> Seq:
     pic = seq.pic
     if pic is None:
-        pic = Picture(idr, ref, pps_id, frame_num, idr_pic_id, lsb, frozenset((slice_type,)), refs,
-                      sps.total_mbs)
+        types = _later_types(_slice_types(seq, idr), slice_type)
+        pic = Picture(idr, ref, pps_id, frame_num, idr_pic_id, lsb, types, refs, sps.total_mbs)
         marked = seq.refs
         if idr:
             marked = (0,) if sps.max_num_ref_frames else ()
@@ -214,11 +219,12 @@ def _after(seq: Seq, sps: Sps, pps_id: int, slice_type: int, idr: bool, ref: boo
         seq = seq._replace(active=sps if idr else seq.active, refs=marked, poc=poc,
                            prev_ref_frame_num=frame_num if ref else seq.prev_ref_frame_num,
                            prev_nonref=not ref, prev_idr_id=idr_pic_id if idr else None)
-    else:
-        pic = pic._replace(types=pic.types | {slice_type})
+    elif _later_types(pic.types, slice_type) != pic.types:
+        pic = pic._replace(types=_later_types(pic.types, slice_type))
     done = seq.next_mb + 1 == pic.total_mbs
-    return seq._replace(pic=None if done else pic, next_mb=0 if done else seq.next_mb + 1,
-                        pictures=seq.pictures + done, mbs=seq.mbs + 1)
+    # Built directly: NamedTuple._replace costs more than the rest of a slice header.
+    return tuple.__new__(Seq, seq[:3] + (None if done else pic, 0 if done else seq.next_mb + 1) +
+                         seq[5:10] + (seq.pictures + done, seq.mbs + 1))
 
 
 class Progress(NamedTuple):
@@ -256,7 +262,10 @@ def parse_slice(rbsp: bytes, seq: Seq, header: int, progress: Progress | None) -
             finally:
                 pos, step, counts = box[0]
                 saved[0] = progress = Progress(pos, head, progress.plan, step, counts)
-        return r.trailing("slice"), head.after
+        try:
+            return r.trailing("slice"), head.after
+        except Dead:  # FFmpeg would read another macroblock here
+            raise unsupported("slices of several macroblocks (more data after the first)") from None
     except More:
         return saved[0] or _NOTHING
 

@@ -94,8 +94,8 @@ class Validator:
                 if self._phase == _NAL:
                     i = self._nal_bytes(chunk, i, base)
                 elif self._phase == _HEADER:
-                    mark = (i, self.clone())
                     self._offset = base + i
+                    mark = (i, self.clone())
                     problem = nal_problem(self._seq, chunk[i])
                     if problem:
                         raise _Failed(base + i, problem, True)
