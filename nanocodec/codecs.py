@@ -160,22 +160,14 @@ class JPEG(Codec):
     subsampling: str = "4:2:0"
     restart_blocks: int = 1
 
-    kind: ClassVar[str] = "jpeg"
-    name: ClassVar[str] = "JPEG"
-    media: ClassVar[str] = "images"
-    video: ClassVar[bool] = False
-    extension: ClassVar[str] = ".jpg"
-    split: ClassVar[str] = "jpeg"
-    default_merges: ClassVar[int] = 320
-    default_context: ClassVar[int | None] = 1024  # a 64 px demo JPEG is ~420 tokens
-    demo_size: ClassVar[Any] = 64  # 16 MCUs, ~500 bytes
-    demo_count: ClassVar[int] = 4096
-    shard_files: ClassVar[int] = 4096  # ~20M tokens per shard at 256 px (5K tokens per image)
-    # Per-batch costs of BPE fade by about 100 images (16 per batch tokenizes 2.2x slower than 128).
-    batch: ClassVar[int] = 128
-    size_form: ClassVar[str] = "one number"
-    by_region: ClassVar[bool] = True
-    validator: ClassVar[type | None] = huffman.Validator
+    # (class attributes, not settings: Codec declares them)
+    kind, name, media, video, extension = "jpeg", "JPEG", "images", False, ".jpg"
+    split, default_merges, default_context = "jpeg", 320, 1024  # a 64 px demo JPEG is ~420 tokens
+    demo_size, demo_count = 64, 4096  # 64 px: 16 MCUs, ~500 bytes
+    # ~20M tokens per shard at 256 px (5K tokens per image); per-batch costs of BPE fade by about 100
+    # images (measured: 16 per batch tokenizes 2.2x slower than 128)
+    shard_files, batch = 4096, 128
+    size_form, by_region, validator = "one number", True, huffman.Validator
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", int(self.size))
@@ -306,21 +298,13 @@ class AVC(Codec):
     qp: int = 37
     keep_sei: bool = False
 
-    kind: ClassVar[str] = "avc"
-    name: ClassVar[str] = "H.264"
-    media: ClassVar[str] = "videos"
-    video: ClassVar[bool] = True
-    extension: ClassVar[str] = ".h264"
-    split: ClassVar[str] = "avc"
-    default_merges: ClassVar[int] = 1024
-    default_context: ClassVar[int | None] = None  # the longest prepared video (train.py)
-    demo_size: ClassVar[Any] = (64, 36)
-    demo_count: ClassVar[int] = 256
-    shard_files: ClassVar[int] = 1024  # ~20M tokens per shard at 256x144 (15K tokens per video)
-    batch: ClassVar[int] = 8
-    size_form: ClassVar[str] = "WIDTHxHEIGHT"
-    by_region: ClassVar[bool] = False
-    validator: ClassVar[type | None] = SliceContinuation
+    # (class attributes, not settings: Codec declares them)
+    kind, name, media, video, extension = "avc", "H.264", "videos", True, ".h264"
+    split, default_merges, default_context = "avc", 1024, None  # context None: the longest prepared video
+    demo_size, demo_count = (64, 36), 256
+    shard_files, batch = 1024, 8  # ~20M tokens per shard at 256x144 (15K tokens per video)
+    size_form, by_region = "WIDTHxHEIGHT", False
+    validator = SliceContinuation
 
     def __post_init__(self) -> None:
         width, height = self.size

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from nanocodec import avc, bpe, demo, jpeg
-from nanocodec.codecs import CODECS, Codec, CodecError, codec_for
+from nanocodec.codecs import AVC, CODECS, JPEG, Codec, CodecError, codec_for
 
 SPLITS = ("train", "val")
 STATE = ".prepare"
@@ -500,15 +500,15 @@ def _encode_shards(out: Path, pool: _Pool, src: Source, plan: dict[str, list[lis
     return records
 
 
-def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None, quality: int = 25,
-            qp: int = 37, merges: int | None = None, tokenizer_docs: int = 10000,
+def prepare(kind: str, source: str, out: str | os.PathLike, *, size: Any = None, quality: int | None = None,
+            qp: int | None = None, merges: int | None = None, tokenizer_docs: int = 10000,
             tokenizer: str | os.PathLike | None = None, val_fraction: float = 0.05,
             workers: int | None = None, limit: int | None = None, seed: int = 0,
             shard_files: int | None = None) -> dict:
     """Prepare a data folder (see the module docstring) and return its manifest.
 
     `size` is an int for jpeg, (width, height) for avc; the default is the paper's (256 / 256x144)
-    or, for the demo, the codec's small demo_size. `quality` is JPEG's, `qp` H.264's. `limit` caps
+    or, for the demo, the codec's small demo_size. `quality` is JPEG's (25), `qp` H.264's (37). `limit` caps
     the number of files (the demo's item count, default the codec's demo_count). `workers` defaults
     to every core; the output does not depend on it. Codec defaults: nanocodec.codecs.
     """
@@ -607,16 +607,23 @@ def _parse_size(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"--size takes N (jpeg) or WIDTHxHEIGHT (avc), got {text!r}") from None
 
 
+def _per_codec(default: Callable[[type[Codec]], Any]) -> str:
+    """'320 jpeg, 1024 avc': a default of every codec, for --help."""
+    def text(value: Any) -> str:
+        return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return ", ".join(f"{text(default(c))} {kind}" for kind, c in CODECS.items())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nanocodec.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=tuple(CODECS))
     parser.add_argument("--source", required=True, help="a folder (recursive), a text file of paths, or 'demo'")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
     parser.add_argument("--size", type=_parse_size,
-                        help="jpeg: N (default 256, demo 64); avc: WxH (default 256x144, demo 64x36)")
-    parser.add_argument("--quality", type=int, default=25, help="JPEG quality (default 25)")
-    parser.add_argument("--qp", type=int, default=37, help="H.264 constant QP (default 37)")
-    parser.add_argument("--merges", type=int, help="BPE merges (default 320 jpeg, 1024 avc)")
+                        help=f"N or WxH (default {_per_codec(lambda c: c.size)}; demo {_per_codec(lambda c: c.demo_size)})")
+    parser.add_argument("--quality", type=int, help=f"JPEG quality (default {JPEG.quality})")
+    parser.add_argument("--qp", type=int, help=f"H.264 constant QP (default {AVC.qp})")
+    parser.add_argument("--merges", type=int, help=f"BPE merges (default {_per_codec(lambda c: c.default_merges)})")
     parser.add_argument("--tokenizer-docs", type=int, default=10000, help="files to learn BPE on (default 10000)")
     parser.add_argument("--tokenizer", help="reuse this tokenizer.json instead of learning one (a checkpoint's: "
                         "also the SentencePiece one of a model imported with python -m nanocodec.hf)")
@@ -624,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, help="processes (default: every core)")
     parser.add_argument("--limit", type=int, help="use at most N files (a seeded sample); demo: N items")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shard-files", type=int, help="files per shard (default 4096 jpeg, 1024 avc)")
+    parser.add_argument("--shard-files", type=int, help=f"files per shard (default {_per_codec(lambda c: c.shard_files)})")
     args = parser.parse_args(argv)
     codec = codec_for(args.kind)
     if args.size is not None and isinstance(args.size, tuple) != codec.video:

@@ -22,7 +22,7 @@ from typing import Iterable, Protocol, Sequence
 import torch
 from tqdm import tqdm
 
-from nanocodec.codecs import Codec, codec_for
+from nanocodec.codecs import JPEG, Codec, codec_for
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -121,7 +121,7 @@ class StreamConstraint(Constraint):
     """
 
     def __init__(self, validator: type[StreamValidator], tokenizer, prefixes: Sequence[bytes], header: bytes = b"",
-                 stream: str = "JPEG") -> None:
+                 stream: str = "codec") -> None:
         self.eos_id = tokenizer.eos_id
         specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
         self.token_bytes = [b"" if i in specials else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
@@ -173,12 +173,10 @@ class StreamConstraint(Constraint):
 
 
 class JpegConstraint(StreamConstraint):
-    """`StreamConstraint` for JPEG: one `nanocodec.huffman.Validator` per row."""
+    """`StreamConstraint` for JPEG: one `nanocodec.huffman.Validator` (`JPEG.validator`) per row."""
 
     def __init__(self, tokenizer, prefixes: Sequence[bytes], header: bytes = b"") -> None:
-        from nanocodec.huffman import Validator
-
-        super().__init__(Validator, tokenizer, prefixes, header, stream="JPEG")
+        super().__init__(JPEG.validator, tokenizer, prefixes, header, stream=JPEG.name)
 
 
 def _agrees(header: bytes, offset: int, chunk: bytes) -> bool:

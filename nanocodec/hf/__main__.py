@@ -11,6 +11,7 @@ import argparse
 import resource
 import sys
 
+from nanocodec.codecs import JPEG
 from nanocodec.hf import HfError
 
 
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="a HF Llama folder (e.g. uwnlp/jpeg-lm-reimplementation) -> a nanocodec checkpoint")
     imp.add_argument("hf_dir")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
-    imp.add_argument("--size", type=int, default=256, help="image side the model was trained on (paper: 256)")
-    imp.add_argument("--quality", type=int, default=25, help="JPEG quality (paper: 25)")
-    imp.add_argument("--subsampling", default="4:2:0", help="chroma subsampling (paper: 4:2:0)")
-    imp.add_argument("--restart-blocks", type=int, default=1, help="MCUs per restart interval (paper: 1)")
+    paper = JPEG()
+    imp.add_argument("--size", type=int, default=paper.size, help=f"image side the model was trained on (paper: {paper.size})")
+    imp.add_argument("--quality", type=int, default=paper.quality, help=f"JPEG quality (paper: {paper.quality})")
+    imp.add_argument("--subsampling", default=paper.subsampling, help=f"chroma subsampling (paper: {paper.subsampling})")
+    imp.add_argument("--restart-blocks", type=int, default=paper.restart_blocks,
+                     help=f"MCUs per restart interval (paper: {paper.restart_blocks})")
     imp.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                      help="weights' dtype in the checkpoint (auto: as in the folder)")
     imp.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
