@@ -56,13 +56,22 @@ STRICTER = {
         "rbsp_trailing_bits, one 1 bit then 0 bits to the byte boundary (FFmpeg takes the last 1 bit as the "
         "stop bit and ignores leftover bits after an SPS or a picture's last macroblock)",
     "reserved_zero_2bits": "7.4.2.1.1: reserved_zero_2bits of the SPS are 0",
-    "aspect_ratio_idc .* is reserved": "E.2.1, Table E-1: aspect_ratio_idc 17..254 are reserved (FFmpeg "
+    "aspect_ratio_idc .*reserved": "E.2.1, Table E-1: aspect_ratio_idc 17..254 are reserved (FFmpeg "
         "logs a warning and goes on)",
-    "chroma_sample_loc_type_(top|bottom)_field outside": "E.2.1: chroma_sample_loc_type_top/bottom_field "
+    "chroma_sample_loc_type_(top|bottom)_field .*outside": "E.2.1: chroma_sample_loc_type_top/bottom_field "
         "are 0..5",
-    "max_bits_per_mb_denom outside": "E.2.1: max_bits_per_mb_denom is 0..16",
+    "max_(bits_per_mb|bytes_per_pic)_denom outside": "E.2.1: max_bits_per_mb_denom and "
+        "max_bytes_per_pic_denom are 0..16",
     "log2_max_mv_length_(horizontal|vertical)": "E.2.1: log2_max_mv_length_horizontal/vertical are 0..16",
     "max_dec_frame_buffering .* outside": "E.2.1: max_num_ref_frames <= max_dec_frame_buffering <= 16",
+    "the stream ends after a start code": "B.1.1: every start code prefix is followed by a NAL unit "
+        "(FFmpeg ignores an empty one at the end of the stream)",
+    "mb_qp_delta outside": "7.4.5: mb_qp_delta is -26..25 (FFmpeg wraps the QP modulo 52 and accepts "
+        "larger deltas)",
+    "level_prefix above 15": "9.2.2.1: level_prefix is at most 15 in the Baseline, Main and Extended "
+        "profiles (FFmpeg reads the longer escapes of the High profiles)",
+    "no run_before .* code starts here": "9.2.3, Table 9-10: run_before is one of the table's codes "
+        "(FFmpeg decodes on past bits that are none)",
     "SPS: the NAL unit ends early": "7.3.2.1.1/E.1.1: an SPS holds every field its flags announce (FFmpeg "
         "only warns, 'Truncated VUI', when the timing info is cut short)",
 }

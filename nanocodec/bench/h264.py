@@ -24,7 +24,7 @@ import time
 import torch
 
 from nanocodec import avc, demo, h264
-from nanocodec.bench._timing import best_time
+from nanocodec.bench._timing import best_time, clone_feed_cost
 
 
 def demo_streams(count: int, seed: int = 0, size: tuple[int, int] = (256, 144)) -> list[bytes]:
@@ -44,13 +44,7 @@ def feed_cost(streams: list[bytes], trials: int, own: bool, rng: random.Random) 
             size = rng.randint(1, 4)
             token = data[cut:cut + size] if own else bytes(rng.randrange(256) for _ in range(size))
             cases.append((validator.clone(), token))
-    best = float("inf")
-    for _ in range(3):
-        begin = time.perf_counter()
-        for parked, token in cases:
-            parked.clone().feed(token)
-        best = min(best, time.perf_counter() - begin)
-    return best / trials * 1e6
+    return clone_feed_cost(cases)
 
 
 def sampling_speed(streams: list[bytes], tokens: int, rows: int) -> tuple[float, float, int, int]:
