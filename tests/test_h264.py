@@ -84,6 +84,7 @@ def test_feeding_in_tokens_accepts_every_prefix_and_ends_complete():
     v = feed_in_tokens(data, seed=1)
     assert v.complete and v.viable and not v.done
     assert v.report() == validate(data)
+    assert (v.pictures, v.mbs) == (14, 15 * total_mbs(data) - 1)  # the last slice has not ended yet
 
 
 def complete_ends(data):

@@ -285,6 +285,16 @@ class Validator:
         """Always False: another picture may follow any valid stream."""
         return False
 
+    @property
+    def pictures(self) -> int:
+        """Whole pictures fed so far (the current NAL unit counted once it has ended)."""
+        return self._seq.pictures
+
+    @property
+    def mbs(self) -> int:
+        """Whole macroblocks fed so far (the current NAL unit counted once it has ended)."""
+        return self._seq.mbs
+
     def report(self) -> Report:
         """What `validate` says about the bytes fed so far, taken as a whole stream."""
         seq = self._seq
