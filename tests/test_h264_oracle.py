@@ -122,3 +122,36 @@ def test_constrained_continuations_of_a_random_model_decode_with_ffmpeg(random_a
     for sample in unconditional.samples:
         assert sample.data.startswith(codec.header()) and avc.validate(sample.data).ok
         assert avc.validate(sample.data).frames >= 1
+
+
+def test_slice_continuation_lets_only_slices_follow_the_first_slice():
+    from nanocodec.codecs import SliceContinuation
+
+    with_sei = oracle.sample_stream(6)  # x264's SEI before the first slice
+    for data in (with_sei, oracle.sample_stream(2)):
+        v = SliceContinuation()
+        assert all(v.feed(data[at:at + 3]) for at in range(0, len(data), 3)) and v.complete and not v.done
+        plain = h264.Validator()
+        plain.feed(data)
+        for header in (b"\x06", b"\x67", b"\x68"):  # SEI, SPS, PPS: valid H.264 after a picture, refused
+            assert plain.clone().feed(b"\x00\x00\x01" + header)
+            trial = v.clone()
+            assert not trial.feed(b"\x00\x00\x01" + header) and not trial.viable and not trial.complete
+        assert v.clone().feed(b"\x00\x00\x00\x01\x41")  # a P slice may come
+        assert v.viable and v.complete  # clones leave the original alone
+
+
+def test_eos_waits_for_a_new_picture_and_a_cut_row_ends_at_its_last_picture(random_avc_model):
+    from nanocodec.codecs import SliceContinuation
+    from nanocodec.sampling import StreamConstraint
+
+    _, tokenizer, streams = random_avc_model
+    prefix, whole = avc.prompt(streams[0], 1), avc.prompt(streams[0], 3)
+    constraint = StreamConstraint(SliceContinuation, tokenizer, [prefix], stream="H.264")
+    assert not constraint.accept(0, tokenizer.eos_id)  # the prompt is complete, but adds nothing
+    tokens = tokenizer.encode(whole)[len(tokenizer.encode(prefix)):]
+    for token in tokens[:-3]:
+        assert constraint.accept(0, token)
+    assert not constraint.accept(0, tokenizer.eos_id)  # inside picture 3
+    keep = constraint.last_complete(0, tokens[:-3])
+    assert prefix + tokenizer.decode(tokens[:keep]) == avc.prompt(whole, 2)
