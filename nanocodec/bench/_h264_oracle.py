@@ -55,6 +55,12 @@ STRICTER = {
     "rbsp_stop_one_bit .* is not 1|rbsp_alignment_zero_bit .* is not 0": "7.3.2.11: a NAL unit ends with "
         "rbsp_trailing_bits, one 1 bit then 0 bits to the byte boundary (FFmpeg takes the last 1 bit as the "
         "stop bit and ignores leftover bits after an SPS or a picture's last macroblock)",
+    "(SPS|PPS): data after the NAL unit's rbsp_trailing_bits": "7.3.2.1/7.3.2.2: a parameter set ends "
+        "with its rbsp_trailing_bits (FFmpeg ignores what follows them)",
+    "forbidden_zero_bit is 1": "7.4.1: forbidden_zero_bit is 0 (FFmpeg skips such a NAL unit without an error)",
+    "a parameter set with nal_ref_idc 0": "7.4.1: nal_ref_idc is not 0 for an SPS or a PPS",
+    "idr_pic_id": "7.4.3: the slices of an IDR picture share one idr_pic_id, and two IDR pictures in a "
+        "row differ in it (FFmpeg checks neither)",
     "reserved_zero_2bits": "7.4.2.1.1: reserved_zero_2bits of the SPS are 0",
     "aspect_ratio_idc .*reserved": "E.2.1, Table E-1: aspect_ratio_idc 17..254 are reserved (FFmpeg "
         "logs a warning and goes on)",
@@ -70,8 +76,8 @@ STRICTER = {
         "larger deltas)",
     "level_prefix above 15": "9.2.2.1: level_prefix is at most 15 in the Baseline, Main and Extended "
         "profiles (FFmpeg reads the longer escapes of the High profiles)",
-    "no run_before .* code starts here": "9.2.3, Table 9-10: run_before is one of the table's codes "
-        "(FFmpeg decodes on past bits that are none)",
+    "no (run_before|total_zeros) .* code starts here": "9.2.3, Tables 9-7 to 9-10: total_zeros and "
+        "run_before are codes of their tables (FFmpeg decodes on past bits that are none)",
     "SPS: the NAL unit ends early": "7.3.2.1.1/E.1.1: an SPS holds every field its flags announce (FFmpeg "
         "only warns, 'Truncated VUI', when the timing info is cut short)",
 }
