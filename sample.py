@@ -5,6 +5,7 @@ continuing a video from its first frames.
     python sample.py --ckpt=out/demo --prompt=cat.png --ratio=0.5 --num_samples=3  # complete the lower half
     python sample.py --ckpt=out/demo --prompt=photos/ --ratio=0.375 --constrain    # a folder of prompts
     python sample.py --ckpt=out/demo-avc --prompt=clip.mp4 --frames=4              # continue a video
+    python sample.py --ckpt=out/demo-avc --prompt=clip.mp4 --frames=4 --constrain  # every continuation decodes
 
 Every default is in `SampleConfig`; override any with --key=value (or --key value, bare --flag);
 --help lists them with their meanings. A user's mistake is one line and exit status 1 (`cli`).
@@ -45,7 +46,7 @@ class SampleConfig:
     frames: int = 10  # video prompts: the number of frames given (paper: 10 of 15)
     num_samples: int = 4  # samples drawn for each prompt (or in all, unconditional)
     out: str = ""  # output folder; empty: CKPT/samples (beside the checkpoint, never the source tree)
-    constrain: bool = False  # JPEG: keep every stream valid by construction (nanocodec.huffman.Validator)
+    constrain: bool = False  # keep every stream valid by construction (nanocodec.huffman / nanocodec.h264 Validator)
     seed: int = 1337  # seed of the sampling generator: same seed, same samples on any device
     temperature: float = PAPER_SAMPLING["temperature"]  # softmax temperature of sampling; 0: greedy
     top_k: int = PAPER_SAMPLING["top_k"]  # sample among the k most likely tokens (paper: 40); 0 disables
@@ -226,6 +227,7 @@ def run_video(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: tor
     if original is not None:
         filmstrip(codec.to_images(original), out / f"{name}_original.png")
     result = complete(bundle.model, bundle.tokenizer, [prefix] * cfg.num_samples, kind=codec,
+                      header=codec.header() if cfg.constrain and not prefix else b"", constrain=cfg.constrain,
                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens or None, generator=generator, batch_size=cfg.batch_size,
                       progress=True)
@@ -239,8 +241,8 @@ def run_video(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: tor
             unreadable += 1
             print(f"{out / f'{name}_{k}{codec.extension}'}: no frame decodes", file=sys.stderr)
     return dict(prompts=1 if cfg.prompt else 0, skipped=0, samples=len(result.samples),
-                valid=sum(s.ok for s in result.samples), repaired=0, unreadable=unreadable, retried=0,
-                tokens=result.new_tokens, tokens_per_second=result.tokens_per_second,
+                valid=sum(s.ok for s in result.samples), repaired=0, unreadable=unreadable, retried=result.retried,
+                cut_back=sum(s.cut for s in result.samples), tokens=result.new_tokens, tokens_per_second=result.tokens_per_second,
                 cut_off=cut_off(result.samples, [tokens] * len(result.samples), cfg, bundle.model.config.max_seq_len))
 
 
@@ -257,6 +259,8 @@ def summary_line(codec: Codec, summary: dict, cfg: SampleConfig, context: int, o
                 + (f", {summary['unreadable']} unreadable" if summary["unreadable"] else ""))
     return (head + (f", {summary['skipped']} prompts skipped" if summary["skipped"] else "")
             + (f", {summary['retried']} constrained rows retried" if summary["retried"] else "")
+            + (f", {summary['cut_back']} cut back to their last complete picture when they ran out of tokens"
+               if summary.get("cut_back") else "")
             + f"; {summary['tokens_per_second']:.1f} tokens/s; written to {out}/")
 
 

@@ -300,13 +300,17 @@ def validate(data: bytes) -> Report:
     announced = len(frame_offsets(data))
     if not announced:
         return Report(False, 0, 0, "no coded picture (no slice with first_mb_in_slice 0)")
-    previous_level = av.logging.get_level()
+    previous_level, previous_skip = av.logging.get_level(), av.logging.get_skip_repeated()
     av.logging.set_level(av.logging.ERROR)
+    # PyAV drops a message equal to the one before it, so without this the second stream with the
+    # same error as the first would log nothing and pass.
+    av.logging.set_skip_repeated(False)
     try:
         with av.logging.Capture() as logs:
             return _strict_decode(data, announced, logs)
     finally:
         av.logging.set_level(previous_level)
+        av.logging.set_skip_repeated(previous_skip)
 
 
 def _strict_decode(data: bytes, announced: int, logs: list) -> Report:

@@ -13,8 +13,9 @@ the codec-specific steps the rest of the house shares:
   constraint(tokenizer, prefixes, header=b"") -> sampling.StreamConstraint | None
                                    sampling kept to viable prefixes, built on the class's `validator`
                                    (feed/clone/done/complete); None where the codec has none yet
-  header() -> bytes                what every stream with these settings starts with (JPEG: the
-                                   headers through SOS, pinned by constrained unconditional sampling)
+  header() -> bytes                what every stream with these settings starts with, pinned by
+                                   constrained unconditional sampling (JPEG: the headers through
+                                   SOS; AVC: the SPS and PPS)
   to_images(data) -> [Image]       a sample as pixels; see the fallback below
   to_file(data) -> bytes           the sample as a standalone file (extension `extension`)
   regions(data) -> uint8 array     a region label per byte (REGIONS) for bits per byte by region
@@ -39,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from nanocodec import avc, demo, huffman, jpeg
+from nanocodec import avc, demo, h264, huffman, jpeg
 
 REGIONS = ("headers", "entropy", "restart")  # the labels of `regions`, by value
 HEADERS, ENTROPY, RESTART = range(3)
@@ -234,6 +235,59 @@ class JPEG(Codec):
             pos += 2 if marker != 0xFF else 1
 
 
+class SliceContinuation:
+    """`nanocodec.h264.Validator` for constrained sampling: after the first slice only slices follow.
+
+    Streams of the paper's settings carry their SPS and PPS (and x264's SEI) once, before the first
+    picture. A model that wanders into an SEI after it writes a valid stream that need not end (an
+    SEI payload is any bytes), and new parameter sets after it change nothing a video needs; so a
+    constrained continuation may only add slice NAL units (types 1 and 5), and any model, trained or
+    random, keeps writing macroblocks until a picture is whole. This keeps every viable prefix
+    viable: after a start code a slice can always come. Otherwise the validator's verdicts.
+    """
+
+    __slots__ = ("_validator", "_zeros", "_at_header", "_sliced", "_refused")
+
+    def __init__(self) -> None:
+        self._validator = h264.Validator()
+        self._zeros, self._at_header, self._sliced, self._refused = 0, False, False, False
+
+    def clone(self) -> SliceContinuation:
+        twin = SliceContinuation.__new__(SliceContinuation)
+        for name in SliceContinuation.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin._validator = self._validator.clone()
+        return twin
+
+    def feed(self, chunk: bytes) -> bool:
+        if self._refused:
+            return False
+        for byte in bytes(chunk):
+            if self._at_header:
+                slice_nal = byte & 31 in (1, 5)
+                if self._sliced and not slice_nal:
+                    self._refused = True
+                    return False
+                self._sliced |= slice_nal
+                self._at_header = False
+            else:
+                self._at_header = byte == 1 and self._zeros >= 2
+            self._zeros = self._zeros + 1 if byte == 0 else 0
+        return self._validator.feed(chunk)
+
+    @property
+    def viable(self) -> bool:
+        return not self._refused and self._validator.viable
+
+    @property
+    def complete(self) -> bool:
+        return not self._refused and self._validator.complete
+
+    @property
+    def done(self) -> bool:
+        return False  # another picture may follow any valid stream
+
+
 @dataclass(frozen=True)
 class AVC(Codec):
     """H.264 Annex-B from x264 (paper, section 4: 5 s at 3 fps, 256x144, constant QP 37, no SEI)."""
@@ -250,7 +304,7 @@ class AVC(Codec):
     demo_size, demo_count = (64, 36), 256
     shard_files, batch = 1024, 8  # ~20M tokens per shard at 256x144 (15K tokens per video)
     size_form, by_region = "WIDTHxHEIGHT", False
-    validator = None  # nanocodec.h264's Validator, once it lands
+    validator = SliceContinuation
 
     def __post_init__(self) -> None:
         width, height = self.size
@@ -286,7 +340,9 @@ class AVC(Codec):
         return self.size
 
     def header(self) -> bytes:
-        return b""
+        """The SPS and PPS x264 writes for these settings and frames given as pixels (the demo data's)."""
+        width, height = self.size
+        return avc.prompt(self.encode([np.full((height, width, 3), 128, np.uint8)]), 0)
 
     def to_file(self, data: bytes) -> bytes:
         return bytes(data)

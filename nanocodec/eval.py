@@ -8,7 +8,7 @@ Owns three measurements and their report:
   byte (with the JPEG split pattern, RST markers are always tokens of their own); each region's
   bytes are the bytes of its tokens, so the regions add up.
 - decode rate: of N samples (unconditional, or prompted from val images), how many the codec's
-  validator accepts as they are; for JPEG also with constrained decoding.
+  validator accepts as they are; also with constrained decoding (JPEG and H.264).
 - prompted-completion FID (paper, section 5): the first N val images cut at each prompt ratio,
   completed once per seed; FID of the completions against the same N images, mean and std over
   seeds. References are the val streams themselves, i.e. the images after the same JPEG q25 round
@@ -59,7 +59,7 @@ class EvalConfig:
     max_batches: int = 0  # bits per byte on the first batches only; 0: the whole val split
     decode_samples: int = 32  # samples drawn to measure the decode rate
     decode_ratio: float = 0.0  # 0: unconditional samples; > 0: prompts cut from val images
-    decode_constrained: bool = True  # JPEG: also the decode rate with --constrain
+    decode_constrained: bool = True  # also the decode rate with --constrain (JPEG, H.264)
     fid_images: int = 1000  # paper: 5000 ImageNet / 1000 FFHQ images
     ratios: str = "0.25,0.5,0.75"  # prompt ratios (paper: ImageNet 0.25/0.5/0.75, FFHQ 0.375/0.4375/0.5)
     seeds: int = 3  # FID runs per ratio, seeds seed, seed+1, ...; the report gives mean and std

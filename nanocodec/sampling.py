@@ -119,7 +119,9 @@ class StreamConstraint(Constraint):
     `prefixes[row]` holds the codec bytes already in that row's prompt (BOS excluded). `header`, when
     given, pins the start of every stream to these bytes (e.g. the headers through SOS of the
     checkpoint's image size), so even an untrained model yields images of the trained size. `stream`
-    names the format in errors.
+    names the format in errors. EOS may come once the stream is complete and the row has added a
+    nonzero byte to its prompt: a video prompt of whole pictures is complete already, and zero bytes
+    after it are padding, so its continuation must add a picture first.
     """
 
     def __init__(self, validator: type[StreamValidator], tokenizer, prefixes: Sequence[bytes], header: bytes = b"",
@@ -130,6 +132,8 @@ class StreamConstraint(Constraint):
         self.header = bytes(header)
         self.validators = []
         self.lengths = []
+        self.starts = []  # each row's validator after its prompt, for `last_complete`
+        self.grown: list[bool] = []
         for row, prefix in enumerate(prefixes):
             checker = validator()
             if prefix and not checker.feed(bytes(prefix)):
@@ -138,6 +142,8 @@ class StreamConstraint(Constraint):
                 raise ValueError(f"prompt of row {row} does not start with the pinned header")
             self.validators.append(checker)
             self.lengths.append(len(prefix))
+            self.starts.append(checker.clone())
+            self.grown.append(False)
 
     def forced(self, row: int) -> int | None:
         return self.eos_id if self.validators[row].done else None
@@ -145,7 +151,7 @@ class StreamConstraint(Constraint):
     def accept(self, row: int, token: int) -> bool:
         validator = self.validators[row]
         if token == self.eos_id:
-            return validator.complete
+            return self.grown[row] and validator.complete
         chunk = self.token_bytes[token]
         if not chunk or validator.done or not _agrees(self.header, self.lengths[row], chunk):
             return False
@@ -154,7 +160,20 @@ class StreamConstraint(Constraint):
             return False
         self.validators[row] = trial
         self.lengths[row] += len(chunk)
+        self.grown[row] = self.grown[row] or any(chunk)
         return True
+
+    def last_complete(self, row: int, tokens: Sequence[int]) -> int | None:
+        """How many of `tokens` (the row's accepted tokens) end where its stream was last complete
+        (None: nowhere, not even at its prompt). Replayed here, since `complete` may cost far more
+        than a `feed`."""
+        validator = self.starts[row].clone()
+        last = 0 if validator.complete else None
+        for taken, token in enumerate(tokens, 1):
+            validator.feed(self.token_bytes[token])
+            if validator.complete:
+                last = taken
+        return last
 
 
 class JpegConstraint(StreamConstraint):
@@ -321,12 +340,17 @@ def generate(
 
 @dataclass
 class Sample:
-    """One finished stream: the prompt's codec bytes, the whole stream, and its validity unrepaired."""
+    """One finished stream: the prompt's codec bytes, the whole stream, and its validity unrepaired.
+
+    `cut`: a constrained row that ran out of tokens (or got stuck), cut back to where its stream was
+    last complete (H.264: its last whole picture).
+    """
 
     prompt: bytes
     data: bytes
     ok: bool
     finished: bool
+    cut: bool = False
 
 
 @dataclass
@@ -378,9 +402,10 @@ def complete(
     pattern makes a prefix cut at an MCU or NAL boundary tokenize to a prefix of the whole file's
     tokens). With `constrain` (codecs with a validator: `Codec.constraint`) every row is kept a
     viable prefix and ends exactly when the stream is complete; `header` pins the start of
-    unconditional streams. A constrained row can only get stuck if the validator calls a dead prefix
-    viable; such a row is generated again, up to `retries` times, and counted. Every result is
-    checked with the codec's validator.
+    unconditional streams; a row that runs out of `max_new_tokens` or context is cut back to where
+    its stream was last complete (a video to its last whole picture; `Sample.cut`). A constrained row
+    can only get stuck if the validator calls a dead prefix viable; such a row is generated again, up
+    to `retries` times, and counted. Every result is checked with the codec's validator.
     """
     codec = codec_for(kind)
     if constrain and codec.constraint_problem():
@@ -401,14 +426,16 @@ def complete(
                        banned=banned, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                        constraint=constraint, progress=progress)
         new_tokens, seconds = new_tokens + out.new_tokens, seconds + out.seconds
-        for i, prefix, tokens, finished, stuck in zip(rows, chunk, out.tokens, out.finished, out.stuck):
+        for row, (i, prefix, tokens, finished, stuck) in enumerate(zip(rows, chunk, out.tokens, out.finished, out.stuck)):
             attempts[i] += 1
             if stuck and attempts[i] <= retries:
                 queue.append(i)
                 retried += 1
                 continue
-            data = prefix + tokenizer.decode(tokens)
-            samples[i] = Sample(prefix, data, codec.validate(data).ok, finished)
+            keep = constraint.last_complete(row, tokens) if constraint is not None and not finished else None
+            cut = keep is not None and keep < len(tokens)
+            data = prefix + tokenizer.decode(tokens[:keep] if cut else tokens)
+            samples[i] = Sample(prefix, data, codec.validate(data).ok, finished, cut)
             bar.update(1)
     bar.close()
     return Completions(samples, new_tokens, seconds, retried)

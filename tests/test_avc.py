@@ -409,6 +409,19 @@ def test_garbage_is_reported_not_ok(data):
     assert av.logging.get_level() == level  # validate leaves the global log level as it was
 
 
+def test_the_same_error_twice_is_reported_twice():
+    data = avc.prompt(square_stream(), 1)
+    sps = next(n for n in avc.nal_units(data) if n.type == 7)
+    # A bit flip in the SPS's VUI timing info: FFmpeg logs one error and nothing else.
+    flips = (data[:at] + bytes([data[at] ^ 1 << bit]) + data[at + 1:]
+             for at in range(sps.offset + 5, sps.offset + sps.size) for bit in range(8))
+    broken = next(d for d in flips if "time_scale" in (avc.validate(d).error or ""))
+    skip = av.logging.get_skip_repeated()
+    first, second = avc.validate(broken), avc.validate(broken)  # PyAV would drop the repeated message
+    assert not first.ok and first == second
+    assert av.logging.get_skip_repeated() == skip
+
+
 def test_streams_with_and_without_sei_validate():
     for data in (square_stream(), square_stream(keep_sei=True), gradient_stream()):
         assert avc.validate(data) == avc.Report(True, 15, len(data), None)

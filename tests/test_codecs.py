@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nanocodec import avc, huffman, jpeg
-from nanocodec.codecs import AVC, CODECS, HEADERS, JPEG, Codec, CodecError, codec_for
+from nanocodec.codecs import AVC, CODECS, HEADERS, JPEG, Codec, CodecError, SliceContinuation, codec_for
 
 
 def test_unknown_kind_names_the_manifest_and_the_fix():
@@ -48,10 +48,9 @@ def test_avc_defaults_are_the_papers():
     assert c.settings() == {"seconds": 5, "fps": 3, "size": [256, 144], "qp": 37, "keep_sei": False}
     assert (c.kind, c.split, c.media, c.video, c.extension) == ("avc", "avc", "videos", True, ".h264")
     assert (c.default_merges, c.default_context, c.demo_size, c.demo_count) == (1024, None, (64, 36), 256)
-    assert (c.shard_files, c.batch, c.by_region, c.validator) == (1024, 8, False, None)
+    assert (c.shard_files, c.batch, c.by_region, c.validator) == (1024, 8, False, SliceContinuation)
     assert ".mp4" in c.extensions() and ".jpg" not in c.extensions()
-    assert c.constraint(None, [b""]) is None
-    assert c.constraint_problem() == "--constrain checks JPEG streams only; this checkpoint models H.264 (avc)"
+    assert c.constraint_problem() is None
 
 
 def test_configure_keeps_only_the_options_a_codec_has():
@@ -87,4 +86,4 @@ def test_avc_steps_match_the_format_module():
     pictures = c.to_images(data)
     assert len(pictures) == 3 and all(p.size == (32, 16) for p in pictures)
     assert c.to_images(b"\x00\x00\x01garbage") == [] and c.blank().size == (32, 16)
-    assert (c.regions(data) == HEADERS).all() and c.header() == b""
+    assert (c.regions(data) == HEADERS).all() and c.header() == avc.prompt(data, 0)  # the SPS and PPS

@@ -471,11 +471,23 @@ def test_sample_py_continues_a_video_from_its_first_frames(video_setup, sample_s
         assert len(avc.decode((out / f"clip1_{k}.h264").read_bytes())) >= 3
         assert (out / f"clip1_{k}.png").exists()
     assert Image.open(out / "clip1_original.png").size[0] > 64
-    assert "--constrain checks JPEG streams only" in one_line_error(sample_script, args + ["--constrain"])
     pictures = len(avc.frame_offsets(avc.encode(videos / "clip1.mp4", size=(64, 36))))
     message = one_line_error(sample_script, args + ["--frames=99", f"--out={tmp_path / 'none'}"])
     assert f"--frames=99, but the video gives only {pictures} frames" in message
     assert not (tmp_path / "none").exists()  # nothing written for a request that fails
+
+
+def test_sample_py_constrained_video_continuations_decode_and_add_frames(video_setup, sample_script, tmp_path, capsys):
+    from nanocodec import avc
+
+    out = tmp_path / "out"
+    summary = sample_script.main([f"--ckpt={video_setup / 'ckpt'}", f"--prompt={video_setup / 'videos' / 'clip1.mp4'}",
+                                  "--frames=2", "--num_samples=2", "--constrain", "--max_new_tokens=1000", f"--out={out}"])
+    assert summary["valid"] == summary["samples"] == 2
+    assert "2 samples: 2 decode without error" in capsys.readouterr().out
+    for k in range(2):
+        report = avc.validate((out / f"clip1_{k}.h264").read_bytes())
+        assert report.ok and report.frames > 2
 
 
 def test_video_checkpoint_mistakes_are_one_line(video_setup, sample_script, checkpoint_dir, tmp_path):

@@ -1,5 +1,6 @@
-"""What every benchmark module shares: the timing rule (the fastest of several runs) and, for the
-modules that time torch, the run-wide --threads and --device options of the entry points."""
+"""What every benchmark module shares: the timing rule (the fastest of several runs), the cost of a
+validator's clone()+feed(), and, for the modules that time torch, the run-wide --threads and
+--device options of the entry points."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,18 @@ def best_time(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def clone_feed_cost(cases: list[tuple[object, bytes]], repeats: int = 3) -> float:
+    """Mean microseconds of `validator.clone().feed(token)` over (parked validator, token) cases,
+    from the fastest of `repeats` passes (the validator benches of JPEG and H.264)."""
+    best = float("inf")
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        for parked, token in cases:
+            parked.clone().feed(token)
+        best = min(best, time.perf_counter() - begin)
+    return best / len(cases) * 1e6
 
 
 def add_torch_options(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import time
 from PIL import Image
 
 from nanocodec import demo, huffman, jpeg
-from nanocodec.bench._timing import best_time
+from nanocodec.bench._timing import best_time, clone_feed_cost
 
 
 def _pillow_decode(data: bytes) -> None:
@@ -36,13 +36,7 @@ def _feed_cost(streams: list[bytes], trials: int, own: bool, rng: random.Random)
         size = rng.randint(1, 4)
         token = data[cut:cut + size] if own else bytes(rng.randrange(256) for _ in range(size))
         cases.append((parked, token))
-    best = float("inf")
-    for _ in range(3):
-        begin = time.perf_counter()
-        for parked, token in cases:
-            parked.clone().feed(token)
-        best = min(best, time.perf_counter() - begin)
-    return best / trials * 1e6
+    return clone_feed_cost(cases)
 
 
 def main(argv: list[str]) -> None:
