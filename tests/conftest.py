@@ -44,6 +44,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A factory: `tiny_llama(vocab_size, max_seq_len)` is the seeded, randomly initialised 2-layer
+    GQA Llama (dim 32) that the sampling tests draw from."""
+    from nanocodec.model import Llama, ModelConfig
+
+    def make(vocab_size: int, max_seq_len: int):
+        torch.manual_seed(0)
+        config = ModelConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
+                             max_seq_len=max_seq_len)
+        return Llama(config).eval()
+
+    return make
+
+
 def smooth_images(count: int, size: int = 48, seed: int = 0) -> list:
     """`count` size x size RGB images: colour waves of a frequency of their own plus Gaussian noise
     (what JPEG codes compactly, yet no two alike)."""

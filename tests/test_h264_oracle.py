@@ -85,19 +85,13 @@ def test_thousands_of_mutations_print_their_counts():
 
 
 @pytest.fixture(scope="module")
-def random_avc_model():
+def random_avc_model(tiny_llama):
     """A random tiny model on a BPE of three real 64x36 streams, and those streams."""
-    import torch
-
     from nanocodec import bpe
-    from nanocodec.model import Llama, ModelConfig
 
     streams = [oracle.sample_stream(i) for i in (2, 3, 5)]
     tokenizer = bpe.train(streams, 32, split="avc")
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
-                         max_seq_len=2048)
-    return Llama(config).eval(), tokenizer, streams
+    return tiny_llama(tokenizer.vocab_size, 2048), tokenizer, streams
 
 
 def test_constrained_continuations_of_a_random_model_decode_with_ffmpeg(random_avc_model):

@@ -96,12 +96,8 @@ VOCAB, EOS, BOS, PAD = 48, 45, 46, 47
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from nanocodec.model import Llama, ModelConfig
-
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16, max_seq_len=96)
-    return Llama(config).eval()
+def tiny_model(tiny_llama):
+    return tiny_llama(VOCAB, 96)
 
 
 PROMPTS = [[BOS, 3, 4, 5], [BOS], [BOS, 9, 10, 11, 12, 13, 14, 15]]
@@ -172,11 +168,10 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def jpeg_setup():
+def jpeg_setup(tiny_llama):
     from PIL import Image
 
     from nanocodec import bpe, jpeg
-    from nanocodec.model import Llama, ModelConfig
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:SIZE, 0:SIZE]
@@ -184,10 +179,7 @@ def jpeg_setup():
     images.append(Image.fromarray(np.stack([x * 8, y * 8, (x + y) * 4], -1).astype(np.uint8)))
     streams = [jpeg.encode(im, size=SIZE) for im in images]
     tokenizer = bpe.train(streams, 40, split="jpeg")
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
-                         max_seq_len=1536)
-    return Llama(config).eval(), tokenizer, streams
+    return tiny_llama(tokenizer.vocab_size, 1536), tokenizer, streams
 
 
 def test_jpeg_constraint_follows_a_real_stream_and_forces_eos_at_its_end(jpeg_setup):
