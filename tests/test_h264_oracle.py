@@ -5,14 +5,14 @@ with x264's SEI) get hypothesis mutations: bit flips, byte changes, insertions, 
 truncations, splices of start codes and emulation bytes, duplicated, dropped and reordered NALs.
 The default run judges a few hundred; `pytest -m slow` and `python -m nanocodec.bench h264 --oracle N`
 judge thousands and print the counts. A stream we reject and FFmpeg accepts must break a rule named
-in `_h264_oracle.STRICTER` (or be outside the validator's scope, "unsupported: ...").
+in `nanocodec.h264.oracle.STRICTER` (or be outside the validator's scope, "unsupported: ...").
 """
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from nanocodec import avc
-from nanocodec.bench import _h264_oracle as oracle
+from nanocodec.h264 import oracle
 
 h264 = pytest.importorskip("nanocodec.h264")
 

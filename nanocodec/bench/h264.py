@@ -13,7 +13,7 @@ bytes. Sampling compares tokens/s of a random tiny AVC model (the "tiny" preset,
 without and with the AVC constraint (nanocodec.codecs.SliceContinuation: h264.Validator), and checks
 the constrained continuations with FFmpeg.
 `--oracle N` instead judges N hypothesis-mutated streams with both validators and prints the counts
-(nanocodec.bench._h264_oracle).
+(nanocodec.h264.oracle).
 """
 from __future__ import annotations
 
@@ -74,10 +74,10 @@ def sampling_speed(streams: list[bytes], tokens: int, rows: int) -> tuple[float,
 
 
 def oracle(count: int, seed: int) -> None:
-    from nanocodec.bench import _h264_oracle
+    from nanocodec.h264 import oracle
 
     start = time.perf_counter()
-    tally = _h264_oracle.run(count, seed=seed, progress=True)
+    tally = oracle.run(count, seed=seed, progress=True)
     print("\n".join(tally.lines()))
     print(f"{time.perf_counter() - start:.0f} s")
     if tally.false_accepts or tally.unexplained:

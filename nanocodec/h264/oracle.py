@@ -14,7 +14,8 @@ reordered slice (a missing macroblock is concealed, an out-of-order one is an er
 call valid is valid H.264 as far as the decoder is concerned; a stream only we reject must break a
 rule in STRICTER; a stream only FFmpeg rejects is a false accept, which must never happen. PyAV
 drops a log message equal to the previous one, so `avc.validate` turns that off while it captures.
-Does not own the validator (nanocodec.h264) or the oracle decoder (nanocodec.avc).
+Needs hypothesis (the dev extra). Does not own the validator (the rest of nanocodec.h264) or the
+oracle decoder (nanocodec.avc).
 """
 from __future__ import annotations
 
@@ -78,6 +79,14 @@ STRICTER = {
         "profiles (FFmpeg reads the longer escapes of the High profiles)",
     "no (run_before|total_zeros) .* code starts here": "9.2.3, Tables 9-7 to 9-10: total_zeros and "
         "run_before are codes of their tables (FFmpeg decodes on past bits that are none)",
+    "weighted_bipred_idc": "7.4.2.2: weighted_bipred_idc is 0..2 (3 is reserved; FFmpeg uses it for B "
+        "slices only)",
+    "pic_init_qs_minus26": "7.4.2.2: pic_init_qs_minus26 is -26..25 (used by SP and SI slices only)",
+    "chroma_qp_index_offset": "7.4.2.2: chroma_qp_index_offset is -12..12",
+    "num_units_in_tick|time_scale": "E.2.1: num_units_in_tick and time_scale are greater than 0",
+    "max_num_reorder_frames": "E.2.1: max_num_reorder_frames is 0..max_dec_frame_buffering",
+    "(bit_rate|cpb_size)_value_minus1": "E.2.2: bit_rate_value_minus1 and cpb_size_value_minus1 are "
+        "0..2^32-2, and each rises with the SchedSelIdx",
     "SPS: the NAL unit ends early": "7.3.2.1.1/E.1.1: an SPS holds every field its flags announce (FFmpeg "
         "only warns, 'Truncated VUI', when the timing info is cut short)",
 }
