@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from nanocodec.files import fsync, write_atomic
+from nanocodec.files import fsync, umask_mode, write_atomic
 from nanocodec.model import Llama, ModelConfig
 
 VERSION = 1
@@ -151,6 +151,7 @@ def save_files(
         weights(staging / WEIGHTS, {"step": str(step)})
     else:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS, metadata={"step": str(step)})
+    umask_mode(staging / WEIGHTS)  # safetensors writes 0600; the other files follow the umask
     torch.save({**state, "step": step}, staging / STATE)
     fsync(staging / WEIGHTS)
     fsync(staging / STATE)

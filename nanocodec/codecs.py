@@ -155,10 +155,10 @@ class JPEG(Codec):
     """Abbreviated baseline JPEG as Pillow writes it (paper, appendix D: q25, 4:2:0, a restart
     marker after every MCU)."""
 
-    size: int = 256
-    quality: int = 25
-    subsampling: str = "4:2:0"
-    restart_blocks: int = 1
+    size: int = jpeg.SIZE
+    quality: int = jpeg.QUALITY
+    subsampling: str = jpeg.SUBSAMPLING
+    restart_blocks: int = jpeg.RESTART_BLOCKS
 
     # (class attributes, not settings: Codec declares them)
     kind, name, media, video, extension = "jpeg", "JPEG", "images", False, ".jpg"

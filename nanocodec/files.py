@@ -1,7 +1,7 @@
 """Writing files so that a kill or a full disk at any moment loses nothing already saved.
 
-Owns `write_atomic` (a whole file appears under its name or the old one stays) and `fsync` (flush
-a file or a folder to disk), used by the tokenizer (nanocodec.bpe), the prepared folder
+Owns `write_atomic` (a whole file appears under its name or the old one stays), `fsync` (flush
+a file or a folder to disk) and `umask_mode` (the permissions a new file gets), used by the tokenizer (nanocodec.bpe), the prepared folder
 (nanocodec.prepare), checkpoints (nanocodec.checkpoint) and compressed files (nanocodec.compress).
 Imports nothing from nanocodec, so any module may use it. Does not own the multi-file protocols
 built on top (a checkpoint's staging folder, prepare's run state) nor cleaning up the `.tmp` files
@@ -20,6 +20,14 @@ def fsync(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give `path` the permissions a newly created file gets under the umask (safetensors, for one,
+    creates its files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:

@@ -32,6 +32,9 @@ SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 RST_MARKERS = frozenset(range(0xD0, 0xD8))
 STANDALONE = RST_MARKERS | {SOI, EOI, 0x01}
 
+# The paper's settings (appendix D), the defaults of every function here and of nanocodec.codecs.JPEG.
+SIZE, QUALITY, SUBSAMPLING, RESTART_BLOCKS = 256, 25, "4:2:0", 1
+
 # Square side that one MCU covers for each chroma subsampling Pillow writes.
 MCU_SIDE = {"4:4:4": 8, "4:2:2": 16, "4:2:0": 16}
 
@@ -125,10 +128,10 @@ def square_crop(im: Image.Image, crop: str = "center", rng: random.Random | int 
 
 def encode(
     image: ImageSource,
-    size: int = 256,
-    quality: int = 25,
-    subsampling: str = "4:2:0",
-    restart_blocks: int = 1,
+    size: int = SIZE,
+    quality: int = QUALITY,
+    subsampling: str = SUBSAMPLING,
+    restart_blocks: int = RESTART_BLOCKS,
     crop: str = "center",
     rng: random.Random | int | None = None,
 ) -> bytes:
@@ -151,7 +154,7 @@ def encode(
     return save_abbreviated(im, quality, subsampling, restart_blocks)
 
 
-def save_abbreviated(im: Image.Image, quality: int = 25, subsampling: str = "4:2:0", restart_blocks: int = 1) -> bytes:
+def save_abbreviated(im: Image.Image, quality: int = QUALITY, subsampling: str = SUBSAMPLING, restart_blocks: int = RESTART_BLOCKS) -> bytes:
     """Pillow's abbreviated stream of these exact pixels (no resizing, no conversion)."""
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality, subsampling=subsampling, streamtype=2, restart_marker_blocks=restart_blocks)
@@ -290,13 +293,13 @@ def _table_segments(quality: int, subsampling: str) -> tuple[bytes, bytes]:
     return bytes(dqt), bytes(dht)
 
 
-def tables(quality: int = 25, subsampling: str = "4:2:0") -> bytes:
+def tables(quality: int = QUALITY, subsampling: str = SUBSAMPLING) -> bytes:
     """The DQT and DHT segments an abbreviated stream with these settings leaves out."""
     dqt, dht = _table_segments(quality, subsampling)
     return dqt + dht
 
 
-def restore(data: bytes, quality: int = 25, subsampling: str = "4:2:0") -> bytes:
+def restore(data: bytes, quality: int = QUALITY, subsampling: str = SUBSAMPLING) -> bytes:
     """A complete JFIF stream: DQT inserted after APP0 (or SOI), DHT after SOF.
 
     `restore(encode(img))` is byte-identical to Pillow saving the same pixels with streamtype=0.
@@ -313,7 +316,7 @@ def restore(data: bytes, quality: int = 25, subsampling: str = "4:2:0") -> bytes
     return b"".join((data[: app0.end], dqt, data[app0.end : sof.end], dht, data[sof.end :]))
 
 
-def decode(data: bytes, quality: int = 25, subsampling: str = "4:2:0", repair: bool = False) -> Image.Image:
+def decode(data: bytes, quality: int = QUALITY, subsampling: str = SUBSAMPLING, repair: bool = False) -> Image.Image:
     """Restore the tables, check the stream, decode to an RGB image.
 
     A broken stream raises InvalidJPEG naming the first error, or with `repair=True` is repaired
@@ -369,14 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     enc = sub.add_parser("encode", help="encode images to the abbreviated streams the model sees")
     enc.add_argument("inputs", nargs="+")
     enc.add_argument("-o", "--out", required=True, help="output folder (one .jpg per input)")
-    enc.add_argument("--size", type=int, default=256)
-    enc.add_argument("--quality", type=int, default=25)
+    enc.add_argument("--size", type=int, default=SIZE)
+    enc.add_argument("--quality", type=int, default=QUALITY)
     enc.add_argument("--restore", action="store_true", help="write complete files any viewer opens")
     enc.set_defaults(run=_cmd_encode)
     res = sub.add_parser("restore", help="put the tables back into an abbreviated stream")
     res.add_argument("input")
     res.add_argument("-o", "--out", required=True)
-    res.add_argument("--quality", type=int, default=25)
+    res.add_argument("--quality", type=int, default=QUALITY)
     res.set_defaults(run=_cmd_restore)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -90,3 +90,26 @@ def test_the_tokenizer_and_its_hf_export_are_not_left_private(tmp_path):
     for path in (tmp_path / "tokenizer.json", tmp_path / "hf.json"):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
     assert Tokenizer.load(tmp_path / "tokenizer.json").merges == tok.merges
+
+
+def test_every_checkpoint_file_follows_the_umask(tmp_path):
+    """safetensors creates its file 0600; a checkpoint's weights must be as readable as its config."""
+    import json
+
+    import torch
+
+    from nanocodec import checkpoint
+    from nanocodec.bpe import Tokenizer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Tokenizer([(97, 98)]).save(data / "tokenizer.json")
+    (data / "manifest.json").write_text(json.dumps({"kind": "jpeg", "codec": {"size": 16}}))
+    old = os.umask(0o002)
+    try:
+        checkpoint.save(tmp_path / "ck", {"w": torch.zeros(3)}, {}, step=1, model_config={}, train_config={}, data_dir=data)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ck").iterdir() if p.is_file()}
+    assert checkpoint.WEIGHTS in modes and checkpoint.CONFIG in modes
+    assert set(modes.values()) == {0o664}, modes

@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from nanocodec.codecs import JPEG
+from nanocodec.files import fsync
 from nanocodec.hf import HfError
 from nanocodec.model import ModelConfig
 from nanocodec.sampling import PAPER_SAMPLING
@@ -394,6 +395,7 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         with SafetensorsWriter(out / "model.safetensors.tmp", shapes, dtype, {"format": "pt"}) as writer:
             for hf_name, ours, rows in tqdm(names, desc="export", unit="tensor", leave=False):
                 writer.write(hf_name, f.get_slice(ours)[rows] if rows is not None else f.get_tensor(ours))
+    fsync(out / "model.safetensors.tmp")
     os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
     nanocodec_entry = {"kind": config.get("kind"), "codec": config.get("codec", {}), "step": config.get("step"),
                        "tokenizer": "sentencepiece-braille" if not isinstance(tokenizer, Tokenizer) else "bpe-latin1"}
