@@ -243,7 +243,8 @@ def run_video(cfg: SampleConfig, bundle, codec: Codec, out: Path, generator: tor
     return dict(prompts=1 if cfg.prompt else 0, skipped=0, samples=len(result.samples),
                 valid=sum(s.ok for s in result.samples), repaired=0, unreadable=unreadable, retried=result.retried,
                 cut_back=sum(s.cut for s in result.samples), tokens=result.new_tokens, tokens_per_second=result.tokens_per_second,
-                cut_off=cut_off(result.samples, [tokens] * len(result.samples), cfg, bundle.model.config.max_seq_len))
+                cut_off=cut_off(result.samples, [tokens] * len(result.samples), cfg, bundle.model.config.max_seq_len),
+                nothing_added=sum(bool(prefix) and s.data == s.prompt for s in result.samples))
 
 
 def summary_line(codec: Codec, summary: dict, cfg: SampleConfig, context: int, out: Path) -> str:
@@ -261,6 +262,8 @@ def summary_line(codec: Codec, summary: dict, cfg: SampleConfig, context: int, o
             + (f", {summary['retried']} constrained rows retried" if summary["retried"] else "")
             + (f", {summary['cut_back']} cut back to their last complete picture when they ran out of tokens"
                if summary.get("cut_back") else "")
+            + (f", {summary['nothing_added']} of them with no picture beyond the prompt (more --max_new_tokens)"
+               if summary.get("nothing_added") else "")
             + f"; {summary['tokens_per_second']:.1f} tokens/s; written to {out}/")
 
 

@@ -490,6 +490,22 @@ def test_sample_py_constrained_video_continuations_decode_and_add_frames(video_s
         assert report.ok and report.frames > 2
 
 
+def test_constrained_video_rows_out_of_tokens_are_cut_back_and_said_to_add_nothing(video_setup, sample_script, tmp_path,
+                                                                                   capsys):
+    from nanocodec import avc
+
+    out = tmp_path / "out"
+    clip = video_setup / "videos" / "clip1.mp4"
+    summary = sample_script.main([f"--ckpt={video_setup / 'ckpt'}", f"--prompt={clip}", "--frames=2", "--num_samples=2",
+                                  "--constrain", "--max_new_tokens=3", f"--out={out}"])  # too few for a picture
+    prompt = avc.prompt(avc.encode(clip, size=(64, 36)), 2)
+    assert summary["valid"] == summary["cut_back"] == summary["nothing_added"] == 2
+    printed = capsys.readouterr().out
+    assert "2 cut back to their last complete picture" in printed and "2 of them with no picture beyond the prompt" in printed
+    for k in range(2):
+        assert (out / f"clip1_{k}.h264").read_bytes() == prompt
+
+
 def test_video_checkpoint_mistakes_are_one_line(video_setup, sample_script, checkpoint_dir, tmp_path):
     from nanocodec import avc
     from nanocodec.bpe import Tokenizer

@@ -85,15 +85,23 @@ def oracle(count: int, seed: int) -> None:
                          "rejects with no clause")
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m nanocodec.bench h264", description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--feeds", type=int, default=3000)
-    parser.add_argument("--tokens", type=int, default=512, help="new tokens per sampled row")
-    parser.add_argument("--rows", type=int, default=4, help="sampled rows (one at a time)")
+    parser.add_argument("--videos", type=positive, default=8, help="paper-format demo videos timed")
+    parser.add_argument("--repeats", type=positive, default=3, help="timings of each, the best kept")
+    parser.add_argument("--feeds", type=positive, default=3000, help="clone()+feed() calls timed")
+    parser.add_argument("--tokens", type=positive, default=512, help="new tokens per sampled row")
+    parser.add_argument("--rows", type=positive, default=4, help="sampled rows (one at a time)")
     parser.add_argument("--oracle", type=int, default=0, metavar="N", help="judge N mutated streams instead")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the mutations (--oracle)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.oracle:

@@ -13,9 +13,13 @@ from nanocodec.verdicts import check_files
 
 def _describe(path: str, report: Report) -> str:
     if report.ok:
-        return f"{path}: ok ({report.pictures} pictures, {report.mbs} macroblocks, {report.offset} bytes)"
-    return (f"{path}: INVALID at byte {report.offset} after {report.pictures} pictures "
-            f"({report.mbs} macroblocks): {report.reason}")
+        return f"{path}: ok ({_count(report.pictures, 'picture')}, {_count(report.mbs, 'macroblock')}, {report.offset} bytes)"
+    return (f"{path}: INVALID at byte {report.offset} after {_count(report.pictures, 'picture')} "
+            f"({_count(report.mbs, 'macroblock')}): {report.reason}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:

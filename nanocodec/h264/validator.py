@@ -67,6 +67,8 @@ class Validator:
 
     def feed(self, chunk: bytes) -> bool:
         """Append bytes; True while everything so far is a prefix of some valid stream."""
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError(f"feed takes bytes, not {type(chunk).__name__}")
         if self._error is not None:
             return False
         chunk = bytes(chunk)
@@ -305,7 +307,8 @@ class Validator:
 
 
 def validate(data: bytes) -> Report:
-    """Check a whole Annex-B stream the way FFmpeg's strict decoder would (never raises)."""
+    """Check a whole Annex-B stream the way FFmpeg's strict decoder would (never raises on any bytes;
+    a TypeError for what is not bytes-like)."""
     v = Validator()
     v.feed(data)
     return v.report()
