@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import functools
 import os
 import shutil
 import warnings
@@ -60,17 +59,30 @@ class Bundle:
     manifest: dict
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, identity: tuple) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+_DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha256, the newest 64
+_DIGESTS_KEPT = 64
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _remember(identity: tuple, digest: str) -> None:
+    _DIGESTS[identity] = digest
+    if len(_DIGESTS) > _DIGESTS_KEPT:
+        del _DIGESTS[next(iter(_DIGESTS))]
 
 
 def sha256(path: Path) -> str:
-    """The file's sha256, cached while its inode, size and times stay the same (renames and hard
-    links keep the inode, so a staged file is hashed once)."""
-    st = os.stat(path)
-    return _sha256_of(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    """The file's sha256, cached while its path, inode, size and times stay the same. A rename
+    changes the path (and on most filesystems the ctime), so `save_files` carries each staged file's
+    digest over its own rename: a staged file is hashed once."""
+    identity = _identity(path)
+    if identity not in _DIGESTS:
+        with open(path, "rb") as f:
+            _remember(identity, hashlib.file_digest(f, "sha256").hexdigest())
+    return _DIGESTS[identity]
 
 
 # No trained Llama weight comes near this; a diverging run passes it long before it reaches inf, so
@@ -86,7 +98,10 @@ def weights_sound(tensors) -> bool:
 
 
 def _broken(weights: dict[str, torch.Tensor]) -> str:
-    """The names of the weights that are not sound, as a phrase ("" when all are)."""
+    """The names of the weights that are not sound, as a phrase ("" when all are): one check of them
+    all (one device sync), and one per tensor only to name the bad ones."""
+    if weights_sound(weights.values()):
+        return ""
     bad = [k for k, v in weights.items() if not weights_sound([v])]
     if not bad:
         return ""
@@ -174,6 +189,8 @@ def save_files(
         os.replace(linking, previous)
     for name in FILES:
         os.replace(staging / name, out / name)
+        if name in config["files"]:  # the same bytes under a new name: no need to hash them again
+            _remember(_identity(out / name), config["files"][name])
     fsync(out)
     shutil.rmtree(staging, ignore_errors=True)
     if not _is_complete(out):  # the disk lost what was just written: previous/ stays the fallback

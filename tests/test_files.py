@@ -92,19 +92,26 @@ def test_the_tokenizer_and_its_hf_export_are_not_left_private(tmp_path):
     assert Tokenizer.load(tmp_path / "tokenizer.json").merges == tok.merges
 
 
-def test_every_checkpoint_file_follows_the_umask(tmp_path):
-    """safetensors creates its file 0600; a checkpoint's weights must be as readable as its config."""
+def _data_folder(tmp_path):
+    """The two files of a prepared folder a checkpoint copies: tokenizer.json and manifest.json."""
     import json
 
-    import torch
-
-    from nanocodec import checkpoint
     from nanocodec.bpe import Tokenizer
 
     data = tmp_path / "data"
     data.mkdir()
     Tokenizer([(97, 98)]).save(data / "tokenizer.json")
     (data / "manifest.json").write_text(json.dumps({"kind": "jpeg", "codec": {"size": 16}}))
+    return data
+
+
+def test_every_checkpoint_file_follows_the_umask(tmp_path):
+    """safetensors creates its file 0600; a checkpoint's weights must be as readable as its config."""
+    import torch
+
+    from nanocodec import checkpoint
+
+    data = _data_folder(tmp_path)
     old = os.umask(0o002)
     try:
         checkpoint.save(tmp_path / "ck", {"w": torch.zeros(3)}, {}, step=1, model_config={}, train_config={}, data_dir=data)
@@ -113,3 +120,25 @@ def test_every_checkpoint_file_follows_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ck").iterdir() if p.is_file()}
     assert checkpoint.WEIGHTS in modes and checkpoint.CONFIG in modes
     assert set(modes.values()) == {0o664}, modes
+
+
+def test_a_save_hashes_each_file_once_and_its_check_after_the_rename_reads_nothing_again(tmp_path, monkeypatch):
+    """The check that a save reads back whole (and the next save's check of the one it replaces) use
+    the digests taken in staging, carried over the renames; a 7B save must not re-read its weights."""
+    import hashlib
+
+    import torch
+
+    from nanocodec import checkpoint
+
+    data = _data_folder(tmp_path)
+    hashed = []
+    digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(os.path.basename(f.name)) or digest(f, name))
+    for step in (1, 2):
+        hashed.clear()
+        checkpoint.save(tmp_path / "ck", {"w": torch.zeros(3)}, {}, step=step, model_config={}, train_config={}, data_dir=data)
+        assert sorted(hashed) == sorted(checkpoint.CHECKSUMMED)
+    (tmp_path / "ck" / checkpoint.WEIGHTS).write_bytes(b"changed")  # a file changed on disk is hashed again
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load_training(tmp_path / "ck")
