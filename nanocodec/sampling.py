@@ -213,16 +213,20 @@ def constrained_pick(
     probs = probs.double().nan_to_num(nan=0.0, posinf=0.0)
     kept = probs > 0
     finite = torch.isfinite(logits)
-    # Three tiers: the filtered distribution (top-k: a few tokens), the unfiltered one, any token left.
-    for tier, scores in ((kept, probs.log()), (finite & ~kept, logits / (temperature or 1.0)), (~(finite | kept), None)):
-        ids = tier.nonzero().squeeze(1)
-        if scores is None:
+    # Three tiers: the filtered distribution (top-k: a few tokens), the unfiltered one, any token left;
+    # a tier's scores are computed for its own tokens, and only once the tiers before it are used up.
+    tiers = ((lambda: kept, lambda ids: probs[ids].log()),
+             (lambda: finite & ~kept, lambda ids: logits[ids] / (temperature or 1.0)),
+             (lambda: ~(finite | kept), None))
+    for tier, scores_of in tiers:
+        ids = tier().nonzero().squeeze(1)
+        if scores_of is None:
             order = ids  # no distribution left to follow: by id
         elif temperature == 0:
             order = ids[logits[ids].argsort(descending=True, stable=True)]
         else:
             gumbel = -torch.empty(len(ids), dtype=torch.float64).exponential_(generator=generator).log()
-            order = ids[(scores[ids] + gumbel).argsort(descending=True, stable=True)]
+            order = ids[(scores_of(ids) + gumbel).argsort(descending=True, stable=True)]
         for token in order.tolist():
             if constraint.accept(row, token):
                 return token
