@@ -203,8 +203,7 @@ def video_prompt(cfg: SampleConfig, bundle, codec: Codec) -> tuple[bytes, bytes,
     prefix = codec.prompt(original, cfg.frames)
     tokens, problem = prompt_problem(bundle, prefix)
     if problem:
-        context = bundle.model.config.max_seq_len
-        fit = [f for f in range(1, cfg.frames) if len(bundle.tokenizer.encode(codec.prompt(original, f + 1), bos=True)) < context]
+        fit = [f for f in range(1, cfg.frames) if prompt_problem(bundle, codec.prompt(original, f + 1))[1] is None]
         hint = (f"use --frames={fit[-1]} or fewer (then the next frame still fits)" if fit
                 else "not even two frames fit")
         raise SampleError(f"--prompt {path}: its first {cfg.frames} frames are {problem}; {hint}, "

@@ -33,7 +33,7 @@ def _tokenizer(vocab: int, streams: list[bytes], seed: int = 0):
     merges: list[tuple[int, int]] = []
     while len(merges) < vocab - 256 - 3:
         data = rng.choice(streams)
-        start, end = rng.randrange(len(data) - 1), 0
+        start = rng.randrange(len(data) - 1)
         end = start + 1
         while end < len(data) and data[start : end + 1] in ids:
             end += 1
