@@ -235,57 +235,22 @@ class JPEG(Codec):
             pos += 2 if marker != 0xFF else 1
 
 
-class SliceContinuation:
-    """`nanocodec.h264.Validator` for constrained sampling: after the first slice only slices follow.
+class SliceContinuation(h264.Validator):
+    """`nanocodec.h264.Validator` for constrained sampling: after the first picture only slices follow.
 
     Streams of the paper's settings carry their SPS and PPS (and x264's SEI) once, before the first
     picture. A model that wanders into an SEI after it writes a valid stream that need not end (an
     SEI payload is any bytes), and new parameter sets after it change nothing a video needs; so a
     constrained continuation may only add slice NAL units (types 1 and 5), and any model, trained or
     random, keeps writing macroblocks until a picture is whole. This keeps every viable prefix
-    viable: after a start code a slice can always come. Otherwise the validator's verdicts.
+    viable: after a start code a slice can always come. The rule is the validator's own
+    (`slices_only`), judged where it dispatches each NAL unit; otherwise the validator's verdicts.
     """
 
-    __slots__ = ("_validator", "_zeros", "_at_header", "_sliced", "_refused")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._validator = h264.Validator()
-        self._zeros, self._at_header, self._sliced, self._refused = 0, False, False, False
-
-    def clone(self) -> SliceContinuation:
-        twin = SliceContinuation.__new__(SliceContinuation)
-        for name in SliceContinuation.__slots__:
-            setattr(twin, name, getattr(self, name))
-        twin._validator = self._validator.clone()
-        return twin
-
-    def feed(self, chunk: bytes) -> bool:
-        if self._refused:
-            return False
-        for byte in bytes(chunk):
-            if self._at_header:
-                slice_nal = byte & 31 in (1, 5)
-                if self._sliced and not slice_nal:
-                    self._refused = True
-                    return False
-                self._sliced |= slice_nal
-                self._at_header = False
-            else:
-                self._at_header = byte == 1 and self._zeros >= 2
-            self._zeros = self._zeros + 1 if byte == 0 else 0
-        return self._validator.feed(chunk)
-
-    @property
-    def viable(self) -> bool:
-        return not self._refused and self._validator.viable
-
-    @property
-    def complete(self) -> bool:
-        return not self._refused and self._validator.complete
-
-    @property
-    def done(self) -> bool:
-        return False  # another picture may follow any valid stream
+        super().__init__(slices_only=True)
 
 
 @dataclass(frozen=True)

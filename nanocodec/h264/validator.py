@@ -44,12 +44,17 @@ class _Failed(Exception):
 
 
 class Validator:
-    """Incremental `validate`: feed bytes in pieces of any size; clone to try alternatives."""
+    """Incremental `validate`: feed bytes in pieces of any size; clone to try alternatives.
+
+    `slices_only`: after the first picture only slice NAL units may follow (constrained sampling's
+    rule, nanocodec.codecs.SliceContinuation); it refuses some valid streams, never admits one.
+    """
 
     __slots__ = ("_phase", "_zeros", "_after03", "_offset", "_header", "_rbsp", "_progress",
-                 "_seq", "_error", "_pic_end", "_tail_ok")
+                 "_seq", "_error", "_pic_end", "_tail_ok", "_slices_only")
 
-    def __init__(self) -> None:
+    def __init__(self, *, slices_only: bool = False) -> None:
+        self._slices_only = slices_only
         self._phase, self._zeros, self._after03, self._offset = _START, 0, False, 0
         self._header, self._rbsp, self._progress = 0, b"", None
         self._seq = Seq({}, {})
@@ -58,7 +63,7 @@ class Validator:
         self._tail_ok = False  # the last NAL unit completed a picture
 
     def clone(self) -> Validator:
-        twin = Validator.__new__(Validator)
+        twin = type(self).__new__(type(self))
         for name in Validator.__slots__:
             setattr(twin, name, getattr(self, name))
         return twin
@@ -99,6 +104,8 @@ class Validator:
                     self._offset = base + i
                     mark = (i, self.clone())
                     problem = nal_problem(self._seq, chunk[i])
+                    if not problem and self._slices_only and self._seq.pictures and chunk[i] & 31 not in (1, 5):
+                        problem = f"NAL unit type {chunk[i] & 31} after the first picture (slices_only: only slices continue)"
                     if problem:
                         raise _Failed(base + i, problem, True)
                     self._header, self._rbsp, self._progress = chunk[i], b"", None
