@@ -8,10 +8,10 @@ bytes (where ptxas puts spilled registers; 0 means no spills), dynamic shared me
 allocation), and which tensor-core instruction the matmuls lowered to (`mma.sync` on sm_80; on
 sm_90 `wgmma`, or `mma.sync` for tiles under the 64 rows a warpgroup MMA takes), read from the PTX.
 
-The launch lists themselves live with the kernels (`kernels.attention.compile_specs()`, and the
-same in rmsnorm.py and rope.py), so what is checked is what runs. Exit status is 1 when a (kernel,
-dtype, head dim, arch) has no clean config (no spills, shared memory within the chip's opt-in limit)
-or any config exceeds the chip's shared memory, 0 otherwise. Triton caches compiled kernels by
+The launch choices come from the kernels' own modules (`kernels.attention.tuned_configs` and
+`decode_config`, `kernels.rmsnorm.backward_launch`), so what is checked is what runs. Exit status
+is 1 when a (kernel, dtype, head dim, arch) has no clean config (no spills, shared memory within
+the chip's opt-in limit) or any config exceeds the chip's shared memory, 0 otherwise. Triton caches compiled kernels by
 source hash (~/.triton/cache), so a second run only re-reads the cubins.
 
 Does not own the kernels, their correctness (tests/test_kernels_*.py) or their speed (kernels.bench).
@@ -211,12 +211,9 @@ def rmsnorm_launches() -> list[Launch]:
         x, f = f"*{dtype}", "*fp32"
         block = 128
         while block <= R.MAX_COLS:
-            warps = R._num_warps(block)
-            bwd = R._rms_norm_bwd if block <= R.RESIDENT_MAX else R._rms_norm_bwd_wide
-            for fn, pointers in ((R._rms_norm_fwd, dict(X=x, W=f, Y=x, RSTD=f)),
-                                 (bwd, dict(DY=x, X=x, W=f, RSTD=f, DX=x, DW_PARTIAL=f))):
-                consts = dict(CHUNK=R.WIDE_CHUNK) if fn is R._rms_norm_bwd_wide else dict(BLOCK=block)
-                w = R._num_warps(R.WIDE_CHUNK) if fn is R._rms_norm_bwd_wide else warps
+            forward = (R._rms_norm_fwd, dict(BLOCK=block), R._num_warps(block))
+            for (fn, consts, w), pointers in ((forward, dict(X=x, W=f, Y=x, RSTD=f)),
+                                              (R.backward_launch(block), dict(DY=x, X=x, W=f, RSTD=f, DX=x, DW_PARTIAL=f))):
                 sig, aligned = _signature(fn, pointers, ("eps",), consts)
                 label = "rms_norm_fwd" if fn is R._rms_norm_fwd else "rms_norm_bwd"
                 out.append(Launch("kernels.rmsnorm", fn.__name__, (label, dtype, block),

@@ -137,6 +137,14 @@ def _(x, weight, eps):
     return torch.empty(x.shape, device=x.device, dtype=x.dtype), x.new_empty(rows, dtype=torch.float32)
 
 
+def backward_launch(block: int) -> tuple:
+    """The backward kernel for rows of `block` columns (a power of two), its constexprs and warps:
+    what rms_norm_backward_op launches and kernels.compile_check compiles."""
+    if block > RESIDENT_MAX:
+        return _rms_norm_bwd_wide, dict(CHUNK=WIDE_CHUNK), _num_warps(WIDE_CHUNK)
+    return _rms_norm_bwd, dict(BLOCK=block), _num_warps(block)
+
+
 @torch.library.custom_op("nanocodec::rms_norm_backward", mutates_args=())
 def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                          rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,19 +152,15 @@ def rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     m, n = x2.shape
     dx = torch.empty((m, n), device=x.device, dtype=x.dtype)
     programs = _num_programs(x2, m)
-    block = triton.next_power_of_2(n)
-    wide = block > RESIDENT_MAX
+    kernel, constexprs, warps = backward_launch(triton.next_power_of_2(n))
+    wide = kernel is _rms_norm_bwd_wide
     # The wide kernel adds into its partial row in memory, so that row starts at zero.
     partial = (torch.zeros if wide else torch.empty)((programs, n), device=x.device,
                                                      dtype=torch.float32)
     if m:
         args = (dy2, x2, weight.contiguous(), rstd, dx, partial, dy2.stride(0), x2.stride(0),
                 dx.stride(0), m, n, triton.cdiv(m, programs))
-        if wide:
-            _rms_norm_bwd_wide[(programs,)](*args, CHUNK=WIDE_CHUNK,
-                                            num_warps=_num_warps(WIDE_CHUNK))
-        else:
-            _rms_norm_bwd[(programs,)](*args, BLOCK=block, num_warps=_num_warps(block))
+        kernel[(programs,)](*args, **constexprs, num_warps=warps)
     return dx.view(x.shape), partial.sum(0).to(weight.dtype)
 
 
