@@ -762,8 +762,12 @@ def throughput(run: Run) -> Throughput:
     cfg, rt = run.cfg, run.rt
     tokens = cfg.batch_size * cfg.context * cfg.grad_accum * rt.world
     gpu = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else ""
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
-    return Throughput(tokens, run.model.flops_per_token(cfg.context) * tokens, peak)
+    return Throughput(tokens, run.model.flops_per_token(cfg.context) * tokens, peak_flops(gpu))
+
+
+def peak_flops(gpu_name: str) -> float | None:
+    """The dense bf16 peak of the GPU of this name, if PEAK_FLOPS knows it (bench/gpu.py asks too)."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in gpu_name), None)
 
 
 def train_steps(run: Run, step_fn: torch.nn.Module, ddp: torch.nn.Module | None, speed: Throughput) -> bool:

@@ -62,10 +62,9 @@ def _subprocess_step(cmd: list[str], limit_s: int) -> dict:
 
 def _peak_flops() -> float | None:
     sys.path.insert(0, str(REPO))
-    from train import PEAK_FLOPS  # the one table of dense bf16 peaks, shared with train.py's MFU
+    from train import peak_flops  # the one table of dense bf16 peaks, shared with train.py's MFU
 
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops(torch.cuda.get_device_name())
 
 
 @contextmanager
